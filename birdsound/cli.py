@@ -1,0 +1,271 @@
+"""Command line: ``birdsound analyze | listen | devices | info | train | evaluate | embed | export``.
+
+Thin on purpose: parses options, calls the stages, turns their errors into one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import click
+
+from .detect import DEFAULT_MIN_CONF, DetectOptions, SpeciesListError, load_species_list, load_thresholds
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def fail(msg: str, code: int = 2) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+def load_model_or_fail(path: str | None):
+    from .model import ModelError, load_model
+
+    try:
+        return load_model(path)
+    except ModelError as e:
+        fail(f"--model {e}")
+
+
+def detect_options(model, min_conf, sensitivity, top_n, include, exclude, thresholds) -> DetectOptions:
+    labels = model.labels
+    try:
+        return DetectOptions(
+            min_conf=min_conf, sensitivity=sensitivity, top_n=top_n,
+            include=load_species_list(include, labels) if include else None,
+            exclude=load_species_list(exclude, labels) if exclude else frozenset(),
+            thresholds=load_thresholds(thresholds, labels) if thresholds else {})
+    except SpeciesListError as e:
+        fail(str(e))
+
+
+def detection_flags(f):
+    """Options shared by analyze and listen (same rules for batch and live)."""
+    opts = [
+        click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False),
+                     help="Model file: birdsound checkpoint or exported .pt/.ptl (default: shipped model)."),
+        click.option("--overlap", type=float, default=0.0, show_default=True,
+                     help="Overlap of consecutive windows in seconds (0 to window - 0.1)."),
+        click.option("--min-conf", type=click.FloatRange(0.0, 1.0), default=DEFAULT_MIN_CONF, show_default=True,
+                     help="Minimum confidence of a detection."),
+        click.option("--sensitivity", type=click.FloatRange(0.5, 1.5), default=1.0, show_default=True,
+                     help="Detection sensitivity (BirdNET's meaning): higher values give more detections."),
+        click.option("--top-n", type=click.IntRange(min=1), default=None,
+                     help="Keep at most N species per window."),
+        click.option("--include", type=click.Path(dir_okay=False),
+                     help="File of species to report (one scientific, common or full name per line)."),
+        click.option("--exclude", type=click.Path(dir_okay=False), help="File of species never to report."),
+        click.option("--thresholds", type=click.Path(dir_okay=False),
+                     help="CSV 'name,threshold' of per-species minimum confidences."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def check_overlap(model, overlap: float) -> None:
+    w = model.meta.window_s
+    if not 0.0 <= overlap <= w - 0.1 + 1e-9:
+        fail(f"--overlap {overlap}: must be between 0 and {w - 0.1:.1f} s (window is {w} s)")
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="birdsound")
+def main() -> None:
+    """birdsound: fast, compact bird species recognition.
+
+    \b
+    Analyse recordings:      birdsound analyze recordings/ -o results/
+    Listen to a microphone:  birdsound listen
+    Export for a phone app:  birdsound export -o bird.ptl --format lite
+    Model details:           birdsound info
+    """
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False),
+              help="Output folder; results mirror the input tree (default: beside each recording).")
+@detection_flags
+@click.option("--rtype", "rtypes", multiple=True, type=click.Choice(["csv", "table", "audacity", "json"]),
+              help="Result format; repeat for several (default: table). csv: BirdNET's columns; "
+                   "table: Raven Pro selection table; audacity: label track; json: detections and model metadata.")
+@click.option("--combine", is_flag=True, help="Write one combined result per format instead of one per file.")
+@click.option("--merge-consecutive", "merge", is_flag=True,
+              help="Join adjacent or overlapping windows of one species into one event (max confidence).")
+@click.option("--channel", type=click.IntRange(min=1), default=None,
+              help="Analyse only this channel (1-based); default mixes all channels down.")
+@click.option("--fmin", type=click.FloatRange(min=0), default=None, help="Band limit: lowest frequency in Hz.")
+@click.option("--fmax", type=click.FloatRange(min=0), default=None, help="Band limit: highest frequency in Hz.")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True,
+              help="Windows scored per model call.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads (default: all cores).")
+@click.option("--skip-existing", is_flag=True, help="Skip recordings whose outputs already exist (resume).")
+@click.option("--plot", is_flag=True, help="Also write a PNG spectrogram with the detections drawn as boxes.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def analyze(paths, out_dir, model_path, overlap, min_conf, sensitivity, top_n, include, exclude, thresholds,
+            rtypes, combine, merge, channel, fmin, fmax, batch_size, threads, skip_existing, plot, quiet):
+    """Detect bird species in recordings (files or folders, searched recursively).
+
+    Reads wav, flac, ogg and mp3 at any sample rate from 8 to 192 kHz, block by block (a 24 h
+    file needs no more memory than a minute). Every detection's start and end follow the
+    window rule: window k covers [k*hop, k*hop + window) samples at the model's rate; the
+    last partial window is zero-padded and its end clipped to the file's end.
+    Exit status: 0 when every file was analysed, 1 when any failed, 2 for bad options.
+    """
+    import torch
+
+    from . import analyze as an
+    from .audio import find_audio_files
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = load_model_or_fail(model_path)
+    check_overlap(model, overlap)
+    if fmin is not None and fmax is not None and fmin >= fmax:
+        fail(f"--fmin {fmin} must be below --fmax {fmax}")
+    dopts = detect_options(model, min_conf, sensitivity, top_n, include, exclude, thresholds)
+    inputs = find_audio_files(list(paths))
+    if not inputs:
+        fail(f"no audio files (wav, flac, ogg, mp3) found in {', '.join(paths)}")
+    opts = an.AnalyzeOptions(overlap_s=overlap, channel=channel - 1 if channel else None, fmin_hz=fmin,
+                             fmax_hz=fmax, merge=merge, batch=batch_size, detect=dopts)
+    summary = an.run(model, inputs, out_dir, tuple(dict.fromkeys(rtypes or ("table",))), opts, combine=combine,
+                     skip_existing=skip_existing, plot=plot, progress_bar=not quiet,
+                     report=lambda m: click.echo(m, err=True))
+    click.echo(summary.line(), err=True)
+    if summary.failed:
+        sys.exit(1)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model_path", required=False, type=click.Path())
+@click.option("--labels", "show_labels", is_flag=True, help="List every species label.")
+def info(model_path, show_labels):
+    """Show a model's species, sample rate, window, size and metadata (default: shipped model)."""
+    from .model import count_mflops, count_parameters
+
+    model = load_model_or_fail(model_path)
+    m = model.meta
+    size = os.path.getsize(model.path)
+    click.echo(f"file:           {model.path} ({model.kind}, {size / 1e6:.2f} MB)")
+    click.echo(f"model version:  {m.model_version}")
+    click.echo(f"licence:        {m.license}")
+    click.echo(f"sample rate:    {m.sample_rate} Hz")
+    click.echo(f"window:         {m.window_s} s ({m.window_samples} samples)")
+    if model.net is not None:
+        click.echo(f"parameters:     {count_parameters(model.net):,}")
+        click.echo(f"MFLOPs/window:  {count_mflops(model.net, m.window_samples):.1f}")
+    else:
+        for k in ("parameters", "mflops", "quantization", "format"):
+            if k in m.extra:
+                click.echo(f"{k + ':':15} {m.extra[k]}")
+    if "io" in m.extra:
+        click.echo(f"input/output:   {m.extra['io']}")
+    click.echo(f"species:        {len(m.labels)}")
+    labels = m.labels if show_labels else m.labels[:5] + (["... (--labels lists all)"] if len(m.labels) > 5 else [])
+    for l in labels:
+        click.echo(f"  {l}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("data", type=click.Path(exists=True))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for model.pt, metrics.json and MODEL_CARD.md.")
+@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True, help="Training steps.")
+@click.option("--batch-size", type=click.IntRange(2, 1024), default=64, show_default=True)
+@click.option("--folds", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Cross-validate by recording with K folds before training the final model.")
+@click.option("--cv-only", is_flag=True, help="Only cross-validate; do not train the final model.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--base", type=click.Path(dir_okay=False), help="Base model whose frozen backbone is reused.")
+@click.option("--head-only", is_flag=True, help="With --base: train only a new classification head (fast).")
+@click.option("--model-version", default=None, help="Version string stored in the model.")
+@click.option("--license", "license_", default="same terms as the training recordings", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+def train(data, out_dir, steps, batch_size, folds, cv_only, seed, base, head_only, model_version, license_, threads):
+    """Train a model on DATA: a folder with one subfolder per species
+    ("Scientific name_Common name/", BirdNET-Analyzer's layout; an optional "noise/" folder
+    holds recordings without birds) or a manifest CSV with columns path,species."""
+    import torch
+
+    from . import train as tr
+
+    if threads:
+        torch.set_num_threads(threads)
+    if head_only and not base:
+        fail("--head-only needs --base MODEL")
+    try:
+        if head_only:
+            from .model import ModelError
+            try:
+                report = tr.train_head(data, base, out_dir, seed=seed, folds=folds, model_version=model_version,
+                                       license=license_)
+            except ModelError as e:
+                fail(f"--base {e}")
+        else:
+            report = tr.train(data, out_dir, steps=steps, seed=seed, folds=folds, cv_only=cv_only,
+                              batch_size=batch_size, model_version=model_version, license=license_)
+    except ValueError as e:
+        fail(str(e))
+    cv = report.get("cross_validation")
+    if cv:
+        click.echo("cross-validation (by recording): " + ", ".join(f"{k} {v:.3f}" for k, v in cv["mean"].items()))
+    click.echo(f"wrote {out_dir} in {report['wall_s']:.0f} s")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model_path", type=click.Path())
+@click.argument("data", type=click.Path(exists=True))
+@click.option("-o", "--output", "out_dir", default="evaluation", show_default=True, type=click.Path(file_okay=False))
+@click.option("--annotations", type=click.Path(exists=True),
+              help="Folder of Raven selection tables (<audio stem>*.txt) for event scoring in time.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=DEFAULT_MIN_CONF, show_default=True)
+@click.option("--overlap", type=float, default=1.5, show_default=True)
+@click.option("--tolerance", type=float, default=1.5, show_default=True, help="Onset/offset tolerance (s) for events.")
+def evaluate(model_path, data, out_dir, annotations, threshold, overlap, tolerance):
+    """Evaluate MODEL on DATA (species folders or manifest): per-class AP, macro AP, ROC-AUC,
+    recording top-1/top-5, precision/recall/F1, confusion matrix and PR curves (JSON + PNG)."""
+    from . import evaluate as ev
+
+    model = load_model_or_fail(model_path)
+    check_overlap(model, overlap)
+    try:
+        rep = ev.evaluate(model, data, out_dir, threshold=threshold, overlap_s=overlap,
+                          annotations=annotations, tolerance_s=tolerance)
+    except ValueError as e:
+        fail(str(e))
+    s = rep["summary"]
+    click.echo(", ".join(f"{k} {v:.3f}" for k, v in s.items() if isinstance(v, float)))
+    click.echo(f"report: {os.path.join(out_dir, 'report.json')}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False), help="Output .npz file.")
+@click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False))
+@click.option("--overlap", type=float, default=0.0, show_default=True)
+def embed(paths, out_path, model_path, overlap):
+    """Write per-window embeddings of recordings to an .npz (files, starts, ends, embeddings)."""
+    from . import evaluate as ev
+
+    model = load_model_or_fail(model_path)
+    if model.net is None:
+        fail(f"--model {model.path}: embeddings need a birdsound checkpoint, not an exported file")
+    check_overlap(model, overlap)
+    from .audio import find_audio_files
+
+    n, errors = ev.write_embeddings(model, [p for p, _ in find_audio_files(list(paths))], out_path, overlap)
+    for e in errors:
+        click.echo(f"error: {e}", err=True)
+    click.echo(f"wrote {n} embeddings to {out_path}")
+    if errors:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

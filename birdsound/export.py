@@ -1,0 +1,135 @@
+"""Export a trained model as a self-contained TorchScript file for phones and other runtimes.
+
+Exported signature: ``forward(pcm: float32 [batch, window_samples]) -> float32 [batch, n_labels]``,
+raw mono PCM in [-1, 1] at ``sample_rate`` in, sigmoid probabilities out; the mel front end
+is inside. ``metadata.json`` travels in the file's extra files.
+
+``optimize_for_mobile`` needs XNNPACK, which the stock Linux CPU wheels here lack, so the
+model is frozen (``torch.jit.freeze``) instead; the lite file is saved with
+``_save_for_lite_interpreter``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from .model import BirdNetLite, Metadata, ProbabilityModel
+
+FORMATS = ("torchscript", "lite")
+QUANTIZE = ("none", "dynamic", "int8")
+IO_DESCRIPTION = ("input: float32 [batch, window_samples] raw mono PCM in [-1, 1] at sample_rate; "
+                  "output: float32 [batch, n_labels] sigmoid probabilities, columns in labels order")
+FP32_TOLERANCE = 1e-4
+INT8_MIN_TOP1_AGREEMENT = 0.95
+
+
+class ExportError(Exception):
+    """Export refused: parity or quantization failed; the message says why."""
+
+
+class QuantizableBackbone(nn.Module):
+    """Backbone + head wrapped with quant/dequant stubs; the mel front end stays float."""
+
+    def __init__(self, net: BirdNetLite):
+        super().__init__()
+        self.frontend = net.frontend
+        self.quant = torch.ao.quantization.QuantStub()
+        self.backbone = net.backbone
+        self.head = net.head
+        self.dequant = torch.ao.quantization.DeQuantStub()
+
+    def forward(self, pcm: torch.Tensor) -> torch.Tensor:
+        x = self.frontend(pcm)
+        return self.dequant(self.head(self.backbone(self.quant(x))))
+
+
+def metadata_for_export(meta: Metadata, quantize: str, fmt: str) -> dict:
+    d = meta.to_dict()
+    d.update(io=IO_DESCRIPTION, quantization=quantize, format=fmt,
+             input_shape=["batch", meta.window_samples], output="probabilities")
+    return d
+
+
+def quantize_dynamic(net: BirdNetLite) -> nn.Module:
+    """Dynamic int8 quantization (Linear layers); convolutions stay float."""
+    torch.backends.quantized.engine = _engine()
+    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(net).eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+def _engine() -> str:
+    engines = torch.backends.quantized.supported_engines
+    return "qnnpack" if "qnnpack" in engines else ("x86" if "x86" in engines else engines[-1])
+
+
+def quantize_static(net: BirdNetLite, calibration: np.ndarray) -> nn.Module:
+    """Post-training static int8 quantization (FX graph mode) of backbone and head,
+    calibrated on `calibration` windows ``[N, window_samples]``; the mel front end stays float."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    engine = _engine()
+    torch.backends.quantized.engine = engine
+    body = nn.Sequential(copy.deepcopy(net.backbone), copy.deepcopy(net.head)).eval()
+    x = net.frontend(torch.from_numpy(calibration[:2]))
+    prepared = prepare_fx(body, get_default_qconfig_mapping(engine), example_inputs=(x,))
+    with torch.no_grad():
+        for chunk in torch.from_numpy(calibration).split(32):
+            prepared(net.frontend(chunk))
+    qbody = convert_fx(prepared)
+    return _FrontendThen(copy.deepcopy(net.frontend), qbody).eval()
+
+
+class _FrontendThen(nn.Module):
+    def __init__(self, frontend: nn.Module, body: nn.Module):
+        super().__init__()
+        self.frontend = frontend
+        self.body = body
+
+    def forward(self, pcm: torch.Tensor) -> torch.Tensor:
+        return self.body(self.frontend(pcm))
+
+
+def script(module: nn.Module) -> torch.jit.ScriptModule:
+    """Script and freeze ``sigmoid(module(pcm))``."""
+    wrapped = ProbabilityModel(module).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            scripted = torch.jit.script(wrapped)
+        except Exception:
+            example = torch.zeros(1, 16000 * 3)
+            scripted = torch.jit.trace(wrapped, example, check_trace=False)
+        return torch.jit.freeze(scripted.eval())
+
+
+def save(scripted: torch.jit.ScriptModule, meta: dict, path: str, fmt: str) -> None:
+    """Write a TorchScript (``torchscript``) or lite-interpreter (``lite``) file atomically."""
+    extra = {"metadata.json": json.dumps(meta)}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.part{os.getpid()}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        if fmt == "lite":
+            scripted._save_for_lite_interpreter(tmp, _extra_files=extra)
+        elif fmt == "torchscript":
+            torch.jit.save(scripted, tmp, _extra_files=extra)
+        else:
+            raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    os.replace(tmp, path)
+
+
+def parity(reference: nn.Module, exported, windows: np.ndarray) -> dict:
+    """Max absolute difference of probabilities and top-1 agreement on `windows`."""
+    x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
+    with torch.inference_mode():
+        ref = torch.cat([torch.sigmoid(reference(c)) for c in x.split(32)]).numpy()
+        out = torch.cat([exported(c) for c in x.split(32)]).numpy()
+    return {"windows": int(len(x)), "max_abs_diff": float(np.abs(ref - out).max()),
+            "top1_agreement": float(np.mean(ref.argmax(1) == out.argmax(1))), "reference": ref, "exported": out}

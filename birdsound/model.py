@@ -1,0 +1,305 @@
+"""The compact CNN, its metadata, and loading/saving of model files.
+
+A model file is either
+
+* a birdsound checkpoint (``torch.save`` of plain tensors, strings and numbers, loaded with
+  ``weights_only=True`` so no pickled code ever runs), or
+* a TorchScript file made by ``birdsound export`` (``.pt`` or lite ``.ptl``) carrying
+  ``metadata.json`` in its extra files.
+
+:func:`load_model` opens both and returns a :class:`Classifier` with one ``predict`` call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .features import MelFrontEnd
+
+SAMPLE_RATE_HZ = 32000
+WINDOW_S = 3.0
+CHECKPOINT_FORMAT = "birdsound-checkpoint-1"
+DEFAULT_MODEL_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "models", "birdsound_default.pt")
+
+# (expansion channels, out channels, kernel, stride, squeeze-excite)
+BLOCKS = (
+    (16, 16, 3, 2, True),
+    (48, 24, 3, 2, False),
+    (72, 24, 3, 1, False),
+    (96, 40, 5, 2, True),
+    (120, 40, 5, 1, True),
+    (144, 48, 5, 1, True),
+    (192, 96, 5, 2, True),
+    (288, 96, 5, 1, True),
+)
+STEM_CHANNELS = 16
+EMBED_DIM = 384
+
+
+class ModelError(Exception):
+    """A model file that cannot be used; the message names the file."""
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        mid = max(8, ch // 4)
+        self.fc1 = nn.Conv2d(ch, mid, 1)
+        self.fc2 = nn.Conv2d(mid, ch, 1)
+        self.act = nn.ReLU()
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean(dim=(2, 3), keepdim=True)
+        return x * self.gate(self.fc2(self.act(self.fc1(s))))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV3 block: 1x1 expand, depthwise kxk, optional SE, 1x1 project."""
+
+    def __init__(self, cin: int, exp: int, cout: int, k: int, stride: int, se: bool):
+        super().__init__()
+        layers: list[nn.Module] = []
+        if exp != cin:
+            layers += [nn.Conv2d(cin, exp, 1, bias=False), nn.BatchNorm2d(exp), nn.Hardswish()]
+        layers += [nn.Conv2d(exp, exp, k, stride, k // 2, groups=exp, bias=False),
+                   nn.BatchNorm2d(exp), nn.Hardswish()]
+        if se:
+            layers.append(SqueezeExcite(exp))
+        layers += [nn.Conv2d(exp, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class Backbone(nn.Module):
+    """Normalised log-mel ``[B, 1, F, T]`` -> embedding ``[B, EMBED_DIM]``."""
+
+    def __init__(self):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(1, STEM_CHANNELS, 3, 2, 1, bias=False),
+                                   nn.BatchNorm2d(STEM_CHANNELS), nn.Hardswish()]
+        cin = STEM_CHANNELS
+        for exp, cout, k, s, se in BLOCKS:
+            layers.append(InvertedResidual(cin, exp, cout, k, s, se))
+            cin = cout
+        layers += [nn.Conv2d(cin, EMBED_DIM // 2, 1, bias=False), nn.BatchNorm2d(EMBED_DIM // 2),
+                   nn.Hardswish()]
+        self.features = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x).mean(dim=2)  # pool frequency -> [B, C, T]
+        return torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1)  # mean + max over time
+
+
+class BirdNetLite(nn.Module):
+    """Raw PCM ``float32 [B, window_samples]`` -> per-species logits ``[B, n_labels]``."""
+
+    def __init__(self, n_labels: int, sample_rate: int = SAMPLE_RATE_HZ, dropout: float = 0.2):
+        super().__init__()
+        self.frontend = MelFrontEnd(sample_rate)
+        self.backbone = Backbone()
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(EMBED_DIM, n_labels)
+
+    def forward_mel(self, power_mel: torch.Tensor) -> torch.Tensor:
+        """Logits from precomputed mel power ``[B, F, T]`` (training path)."""
+        return self.head(self.dropout(self.backbone(self.frontend.normalize(power_mel))))
+
+    def embed(self, pcm: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.frontend(pcm))
+
+    def forward(self, pcm: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.embed(pcm)))
+
+
+class ProbabilityModel(nn.Module):
+    """Wraps a logit model so forward returns sigmoid probabilities (the exported signature)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pcm: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(pcm))
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def count_mflops(net: BirdNetLite, window_samples: int) -> float:
+    """Multiply-accumulates x2 of convolutions and linear layers for one window, in MFLOPs
+    (the mel front end's FFT is counted separately as 5 N log2 N per frame)."""
+    total = 0.0
+
+    def hook(mod, inp, out):
+        nonlocal total
+        if isinstance(mod, nn.Conv2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1] * (mod.in_channels // mod.groups)
+            total += 2.0 * out.numel() * k
+        elif isinstance(mod, nn.Linear):
+            total += 2.0 * mod.in_features * mod.out_features
+
+    hooks = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        net(torch.zeros(1, window_samples))
+    net.train(was_training)
+    for h in hooks:
+        h.remove()
+    mel = net.frontend.mel
+    frames = 1 + (window_samples - mel.n_fft) // mel.hop_length
+    fft = frames * 5.0 * mel.n_fft * np.log2(mel.n_fft)
+    melmul = frames * 2.0 * mel.n_mels * (mel.n_fft // 2 + 1)
+    return (total + fft + melmul) / 1e6
+
+
+@dataclass
+class Metadata:
+    """What travels inside every model file."""
+
+    labels: list[str]
+    sample_rate: int = SAMPLE_RATE_HZ
+    window_s: float = WINDOW_S
+    model_version: str = "untrained"
+    license: str = "unspecified"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_s * self.sample_rate))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.extra)
+        d.update(labels=list(self.labels), sample_rate=int(self.sample_rate),
+                 window_s=float(self.window_s), model_version=self.model_version,
+                 license=self.license)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Metadata":
+        core = {"labels", "sample_rate", "window_s", "model_version", "license"}
+        missing = {"labels", "sample_rate", "window_s"} - set(d)
+        if missing:
+            raise ValueError(f"metadata lacks {sorted(missing)}")
+        return cls(labels=list(d["labels"]), sample_rate=int(d["sample_rate"]),
+                   window_s=float(d["window_s"]), model_version=str(d.get("model_version", "")),
+                   license=str(d.get("license", "")),
+                   extra={k: v for k, v in d.items() if k not in core})
+
+
+def save_checkpoint(net: BirdNetLite, meta: Metadata, path: str) -> None:
+    """Write a weights-only checkpoint atomically (temporary name, then rename)."""
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    blob = {"format": CHECKPOINT_FORMAT, "metadata": json.dumps(meta.to_dict()), "state_dict": state}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str) -> tuple[BirdNetLite, Metadata]:
+    """Load a birdsound checkpoint with ``weights_only=True``; returns (eval model, metadata)."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip errors of every kind
+        raise ModelError(f"{path}: not a birdsound model file ({_first_line(e)})") from None
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"{path}: not a birdsound model file (no '{CHECKPOINT_FORMAT}' marker)")
+    try:
+        meta = Metadata.from_dict(json.loads(blob["metadata"]))
+        net = BirdNetLite(len(meta.labels), meta.sample_rate)
+        net.load_state_dict(blob["state_dict"])
+    except Exception as e:
+        raise ModelError(f"{path}: damaged birdsound model file ({_first_line(e)})") from None
+    net.eval()
+    return net, meta
+
+
+def _first_line(e: Exception) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0][:200] if s else type(e).__name__
+
+
+class Classifier:
+    """A loaded model of either kind: ``predict(windows) -> probabilities``."""
+
+    def __init__(self, module: Any, meta: Metadata, path: str, kind: str, net: BirdNetLite | None = None):
+        self.module = module
+        self.meta = meta
+        self.path = path
+        self.kind = kind  # "checkpoint", "torchscript" or "lite"
+        self.net = net
+
+    @property
+    def labels(self) -> list[str]:
+        return self.meta.labels
+
+    def predict(self, windows: np.ndarray | torch.Tensor) -> np.ndarray:
+        """``float32 [B, window_samples]`` at ``meta.sample_rate`` -> probabilities ``[B, n_labels]``."""
+        x = torch.as_tensor(np.asarray(windows, dtype=np.float32))
+        with torch.inference_mode():
+            return self.module(x).numpy()
+
+
+def load_model(path: str | None = None) -> Classifier:
+    """Open a checkpoint or an exported TorchScript file; `path` None means the shipped default."""
+    path = path or DEFAULT_MODEL_PATH
+    if not os.path.exists(path):
+        hint = " (the default model ships in models/; reinstall or pass --model)" if path == DEFAULT_MODEL_PATH else ""
+        raise ModelError(f"{path}: no such model file{hint}")
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{path}: not a birdsound model file (not a PyTorch archive)")
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    if any("/code/" in n for n in names) or any(n.endswith("bytecode.pkl") for n in names):
+        return _load_torchscript(path, names)
+    net, meta = load_checkpoint(path)
+    return Classifier(ProbabilityModel(net).eval(), meta, path, "checkpoint", net)
+
+
+def _load_torchscript(path: str, names: list[str]) -> Classifier:
+    extra = {"metadata.json": ""}
+    lite = any(n.endswith("bytecode.pkl") for n in names) and not any(n.endswith("/constants.pkl") for n in names)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            if lite:
+                from torch.jit.mobile import _load_for_lite_interpreter
+                module = _load_for_lite_interpreter(path)
+                raw = _read_extra(names, path)
+            else:
+                module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
+                raw = extra["metadata.json"]
+    except Exception as e:
+        raise ModelError(f"{path}: damaged TorchScript file ({_first_line(e)})") from None
+    if not raw:
+        raise ModelError(f"{path}: TorchScript file without birdsound metadata.json (not exported by birdsound)")
+    try:
+        meta = Metadata.from_dict(json.loads(raw))
+    except Exception as e:
+        raise ModelError(f"{path}: bad metadata.json ({_first_line(e)})") from None
+    return Classifier(module, meta, path, "lite" if lite else "torchscript")
+
+
+def _read_extra(names: list[str], path: str) -> str:
+    with zipfile.ZipFile(path) as z:
+        for n in names:
+            if n.endswith("extra/metadata.json"):
+                return z.read(n).decode("utf-8")
+    return ""

@@ -1,0 +1,119 @@
+"""Blocks of samples -> fixed windows with a hop, each with its exact start offset.
+
+Window rule (shared by batch analysis and the live microphone, so their timestamps agree
+by construction): with ``window`` and ``hop`` in samples of the model-rate signal of
+length ``N``, window ``k`` covers samples ``[k*hop, k*hop + window)``. Windows are emitted
+while they fit; after the input ends, one more window starting at the next ``k*hop`` is
+emitted zero-padded if samples after the last full window's end remain (or if the input
+was shorter than one window). A window's start and end in seconds are ``k*hop / rate`` and
+``min(k*hop + window, N) / rate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from . import audio
+
+DEFAULT_BATCH = 32
+
+
+@dataclass
+class WindowBatch:
+    """Windows ``[B, window]`` float32, their start sample and valid length (samples)."""
+
+    windows: np.ndarray
+    starts: np.ndarray  # int64 start sample of each window
+    lengths: np.ndarray  # int64 number of real (not padded) samples in each window
+
+
+def hop_samples(window: int, overlap_s: float, sample_rate: int) -> int:
+    """Hop in samples for a window of `window` samples and `overlap_s` seconds of overlap."""
+    hop = window - int(round(overlap_s * sample_rate))
+    if hop < 1:
+        raise ValueError(f"overlap {overlap_s} s leaves no hop for a {window / sample_rate} s window")
+    return hop
+
+
+class Windower:
+    """Incremental windowing of a sample stream; :meth:`push` blocks, then :meth:`flush`.
+
+    Keeps at most one window plus one block of samples in memory.
+    """
+
+    def __init__(self, window: int, hop: int, batch: int = DEFAULT_BATCH):
+        if not 0 < hop <= window:
+            raise ValueError("hop must be in (0, window]")
+        self.window, self.hop, self.batch = window, hop, batch
+        self.buf = np.zeros(0, dtype=np.float32)
+        self.buf_start = 0  # absolute sample index of buf[0]
+        self.next_start = 0  # start sample of the next window to emit
+        self.total = 0  # samples pushed so far
+        self.emitted = 0
+
+    def push(self, block: np.ndarray) -> Iterator[WindowBatch]:
+        """Add samples; yield batches of every window now complete."""
+        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        self.total += len(block)
+        self.buf = np.concatenate([self.buf, block]) if len(self.buf) else block
+        while True:
+            off = self.next_start - self.buf_start
+            avail = len(self.buf) - off
+            if avail < self.window:
+                break
+            n = min(self.batch, 1 + (avail - self.window) // self.hop)
+            view = np.lib.stride_tricks.sliding_window_view(self.buf[off:], self.window)[::self.hop][:n]
+            starts = self.next_start + self.hop * np.arange(n, dtype=np.int64)
+            self.next_start += n * self.hop
+            self.emitted += n
+            yield WindowBatch(np.array(view, dtype=np.float32), starts, np.full(n, self.window, dtype=np.int64))
+        drop = self.next_start - self.buf_start
+        if drop > 0:
+            self.buf = self.buf[drop:]
+            self.buf_start = self.next_start
+
+    def flush(self) -> Iterator[WindowBatch]:
+        """Emit the last, zero-padded window if samples remain uncovered."""
+        last_end = self.next_start - self.hop + self.window if self.emitted else 0
+        if self.total > last_end and self.next_start < self.total:
+            off = self.next_start - self.buf_start
+            rest = self.buf[off:]
+            w = np.zeros((1, self.window), dtype=np.float32)
+            w[0, :len(rest)] = rest
+            self.emitted += 1
+            yield WindowBatch(w, np.array([self.next_start], dtype=np.int64), np.array([len(rest)], dtype=np.int64))
+            self.next_start += self.hop
+        self.buf = np.zeros(0, dtype=np.float32)
+
+
+def windows_from_blocks(blocks: Iterable[np.ndarray], window: int, hop: int,
+                        batch: int = DEFAULT_BATCH) -> Iterator[WindowBatch]:
+    """All window batches of a finite block stream, the padded last one included."""
+    w = Windower(window, hop, batch)
+    for b in blocks:
+        yield from w.push(b)
+    yield from w.flush()
+
+
+def file_windows(path: str, sample_rate: int, window: int, hop: int, channel: int | None = None,
+                 batch: int = DEFAULT_BATCH, block_s: float = audio.BLOCK_S) -> Iterator[WindowBatch]:
+    """Window batches of an audio file decoded block by block at `sample_rate`."""
+    return windows_from_blocks(audio.read_blocks(path, sample_rate, channel, block_s), window, hop, batch)
+
+
+def band_limit(windows: np.ndarray, sample_rate: int, fmin: float | None, fmax: float | None) -> np.ndarray:
+    """Zero the spectrum outside [fmin, fmax] Hz of each window (BirdNET's --fmin/--fmax)."""
+    if not fmin and not fmax:
+        return windows
+    spec = np.fft.rfft(windows, axis=1)
+    f = np.fft.rfftfreq(windows.shape[1], 1.0 / sample_rate)
+    mask = np.ones_like(f, dtype=bool)
+    if fmin:
+        mask &= f >= fmin
+    if fmax:
+        mask &= f <= fmax
+    spec[:, ~mask] = 0
+    return np.fft.irfft(spec, n=windows.shape[1], axis=1).astype(np.float32)
