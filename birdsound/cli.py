@@ -267,5 +267,59 @@ def embed(paths, out_path, model_path, overlap):
         sys.exit(1)
 
 
+@main.command(context_settings=CONTEXT)
+@click.argument("model_path", required=False, type=click.Path())
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="Output file (.pt for torchscript, .ptl for lite).")
+@click.option("--format", "fmt", type=click.Choice(["torchscript", "lite"]), default="torchscript", show_default=True,
+              help="torchscript: frozen TorchScript .pt; lite: PyTorch Mobile lite-interpreter .ptl.")
+@click.option("--quantize", type=click.Choice(["none", "dynamic", "int8"]), default="none", show_default=True,
+              help="int8: static post-training quantization calibrated on real audio; dynamic: int8 Linear layers.")
+@click.option("--calibration", "calib", multiple=True, type=click.Path(exists=True),
+              help="Audio files/folders or a training manifest CSV for calibration and the parity check "
+                   "(default: the shipped model's training manifest).")
+@click.option("--windows", "n_windows", type=click.IntRange(8, 4096), default=256, show_default=True,
+              help="Real audio windows used for calibration and parity.")
+def export(model_path, out, fmt, quantize, calib, n_windows):
+    """Export MODEL (default: shipped model) as a self-contained TorchScript file for phone apps.
+
+    \b
+    Signature: forward(pcm: float32 [batch, window_samples]) -> float32 [batch, n_labels]
+    raw mono PCM in [-1, 1] at the model's sample rate in; sigmoid probabilities out.
+    The mel front end is inside; metadata.json (labels, sample_rate, window_s, model_version,
+    license, io) travels in the file's extra files: 'birdsound info FILE' shows it.
+    The export is reloaded and compared with the Python model on real audio; it is refused
+    (exit 1, no file) when fp32 max |diff| > 1e-4 or quantized top-1 agreement < 95%.
+    optimize_for_mobile is not used (no XNNPACK in these wheels); the model is frozen instead.
+    """
+    from . import export as ex
+    from .model import DEFAULT_MODEL_PATH, ModelError, load_checkpoint
+
+    try:
+        net, meta = load_checkpoint(model_path or DEFAULT_MODEL_PATH)
+    except ModelError as e:
+        fail(f"MODEL {e} (export needs a birdsound checkpoint)")
+    sources = list(calib) or [DEFAULT_CALIBRATION]
+    if not calib and not os.path.exists(DEFAULT_CALIBRATION):
+        fail("no --calibration given and the default training manifest is missing")
+    try:
+        windows, labels = ex.calibration_windows(sources, meta.sample_rate, meta.window_samples, n_windows)
+        rep = ex.export(net, meta, out, fmt, quantize, windows, labels)
+    except ex.ExportError as e:
+        fail(str(e), code=1)
+    except ValueError as e:
+        fail(str(e))
+    click.echo(f"wrote {out} ({rep['size_bytes'] / 1e6:.2f} MB, {fmt}, quantize {quantize})")
+    click.echo(f"parity on {rep['windows']} real windows: max |diff| {rep['max_abs_diff']:.2e}, "
+               f"top-1 agreement {rep['top1_agreement']:.3f}")
+    if "macro_ap_drop" in rep:
+        click.echo(f"macro AP on labelled windows: fp32 {rep['macro_ap_fp32']:.3f}, exported "
+                   f"{rep['macro_ap_exported']:.3f} (drop {rep['macro_ap_drop']:+.3f})")
+
+
+DEFAULT_CALIBRATION = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "datasets",
+                                   "xc_train_manifest.csv")
+
+
 if __name__ == "__main__":
     main()

@@ -133,3 +133,80 @@ def parity(reference: nn.Module, exported, windows: np.ndarray) -> dict:
         out = torch.cat([exported(c) for c in x.split(32)]).numpy()
     return {"windows": int(len(x)), "max_abs_diff": float(np.abs(ref - out).max()),
             "top1_agreement": float(np.mean(ref.argmax(1) == out.argmax(1))), "reference": ref, "exported": out}
+
+
+def calibration_windows(sources: list[str], sample_rate: int, window: int, max_windows: int = 256,
+                        seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Up to `max_windows` real audio windows from files/folders or a training manifest CSV.
+
+    Returns (windows ``[N, window]``, label of each window's recording or "" when unknown).
+    """
+    from . import audio
+    from .stream import file_windows
+
+    files: list[tuple[str, str]] = []
+    for s in sources:
+        if s.lower().endswith(".csv") and os.path.isfile(s):
+            from .train import read_dataset
+            recs, _ = read_dataset(s)
+            files += [(r.path, r.labels[0]) for r in recs]
+        else:
+            files += [(p, os.path.basename(os.path.dirname(p))) for p, _ in audio.find_audio_files([s])]
+    rng = np.random.default_rng(seed)
+    rng.shuffle(files)
+    per_file = max(1, max_windows // max(1, min(len(files), 64)))
+    wins, labels = [], []
+    for path, label in files:
+        try:
+            got = []
+            for wb in file_windows(path, sample_rate, window, window):
+                got += [w for w, n in zip(wb.windows, wb.lengths) if n == window]
+                if len(got) >= per_file:
+                    break
+        except audio.AudioError:
+            continue
+        wins += got[:per_file]
+        labels += [label] * len(got[:per_file])
+        if len(wins) >= max_windows:
+            break
+    if not wins:
+        raise ExportError(f"no usable audio windows in {', '.join(sources)} for calibration/parity")
+    return np.stack(wins[:max_windows]), labels[:max_windows]
+
+
+def export(net: BirdNetLite, meta: Metadata, out: str, fmt: str, quantize: str, windows: np.ndarray,
+           window_labels: list[str]) -> dict:
+    """Build, save, reload and parity-check an exported file; raises ExportError when refused."""
+    from .model import load_model
+
+    if quantize == "none":
+        module: nn.Module = net
+    elif quantize == "dynamic":
+        module = quantize_dynamic(net)
+    elif quantize == "int8":
+        module = quantize_static(net, windows)
+    else:
+        raise ValueError(f"unknown quantization {quantize!r}")
+    scripted = script(module)
+    save(scripted, metadata_for_export(meta, quantize, fmt), out, fmt)
+    loaded = load_model(out)
+    p = parity(net, loaded.module, windows)
+    report = {"file": out, "format": fmt, "quantize": quantize, "size_bytes": os.path.getsize(out),
+              "windows": p["windows"], "max_abs_diff": p["max_abs_diff"], "top1_agreement": p["top1_agreement"]}
+    known = [i for i, l in enumerate(window_labels) if l in meta.labels]
+    if quantize != "none" and known:
+        from .metrics import macro_ap
+        idx = {l: i for i, l in enumerate(meta.labels)}
+        T = np.zeros((len(known), len(meta.labels)), dtype=np.float32)
+        for r, i in enumerate(known):
+            T[r, idx[window_labels[i]]] = 1
+        ap_ref, _ = macro_ap(T, p["reference"][known])
+        ap_q, _ = macro_ap(T, p["exported"][known])
+        report.update(macro_ap_fp32=ap_ref, macro_ap_exported=ap_q, macro_ap_drop=ap_ref - ap_q)
+    if quantize == "none" and p["max_abs_diff"] > FP32_TOLERANCE:
+        os.remove(out)
+        raise ExportError(f"{out}: fp32 parity failed, max |diff| {p['max_abs_diff']:.2e} > {FP32_TOLERANCE:g}; file removed")
+    if quantize != "none" and p["top1_agreement"] < INT8_MIN_TOP1_AGREEMENT:
+        os.remove(out)
+        raise ExportError(f"{out}: {quantize} top-1 agreement {p['top1_agreement']:.3f} < {INT8_MIN_TOP1_AGREEMENT}; file removed")
+    return report

@@ -1,0 +1,170 @@
+"""Model files: checkpoints, training smoke test, head-only transfer, export and parity."""
+
+import json
+import re
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from birdsound.cli import main
+from birdsound.model import BirdNetLite, ModelError, load_checkpoint, load_model
+from conftest import SR, SYNTH_SPECIES, synth_call
+
+
+def test_smoke_training_learns_synthetic_species(small_model):
+    m = load_model(small_model)
+    assert m.labels == sorted(SYNTH_SPECIES)
+    assert m.meta.model_version == "smoke-1"
+    correct = 0
+    for label, kind in SYNTH_SPECIES.items():
+        x = synth_call(kind, 3.0, seed=99)[None]
+        p = m.predict(x)[0]
+        correct += int(m.labels[int(np.argmax(p))] == label)
+    assert correct >= 2  # 120 steps: well above chance (1 of 3)
+    metrics = json.load(open(os.path.join(os.path.dirname(small_model), "metrics.json")))
+    assert metrics["n_recordings"] == 6 and metrics["steps"] == 120
+    assert os.path.exists(os.path.join(os.path.dirname(small_model), "MODEL_CARD.md"))
+
+
+def test_checkpoint_round_trip(small_model, tmp_path):
+    from birdsound.model import save_checkpoint
+    net, meta = load_checkpoint(small_model)
+    p = tmp_path / "copy.pt"
+    save_checkpoint(net, meta, str(p))
+    net2, meta2 = load_checkpoint(str(p))
+    x = torch.from_numpy(synth_call("chirp", 3.0, 5))[None]
+    with torch.no_grad():
+        assert torch.equal(net(x), net2(x))
+    assert meta2.to_dict() == meta.to_dict()
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/birdsound_pwned",))
+
+
+def test_checkpoint_never_runs_pickled_code(tmp_path):
+    p = tmp_path / "evil.pt"
+    torch.save({"format": "birdsound-checkpoint-1", "x": Evil()}, p)
+    with pytest.raises(ModelError, match="not a birdsound model"):
+        load_model(str(p))
+    assert not os.path.exists("/tmp/birdsound_pwned")
+
+
+def test_corrupted_model_file(small_model, tmp_path):
+    data = open(small_model, "rb").read()
+    p = tmp_path / "cut.pt"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match=str(p)):
+        load_model(str(p))
+
+
+def test_size_and_cost_within_budget():
+    from birdsound.model import count_mflops, count_parameters
+    net = BirdNetLite(69)
+    assert count_parameters(net) < 1_000_000
+    assert count_mflops(net, 96000) < 50
+
+
+def test_info_command(small_model):
+    r = CliRunner().invoke(main, ["info", small_model, "--labels"])
+    assert r.exit_code == 0, r.output
+    assert "sample rate:    32000 Hz" in r.output and "parameters:" in r.output and "MFLOPs/window:" in r.output
+    for l in SYNTH_SPECIES:
+        assert l in r.output
+
+
+def test_head_only_on_species_subset(small_model, synth_dataset, tmp_path):
+    import shutil
+    sub = tmp_path / "subset"
+    for label in ["Avis chirpus_Chirper", "Avis trillus_Triller"]:
+        shutil.copytree(os.path.join(synth_dataset, label), sub / label)
+    r = CliRunner().invoke(main, ["train", str(sub), "-o", str(tmp_path / "head"), "--base", small_model, "--head-only"])
+    assert r.exit_code == 0, r.output
+    m = load_model(str(tmp_path / "head" / "model.pt"))
+    assert m.labels == ["Avis chirpus_Chirper", "Avis trillus_Triller"]
+    base, _ = load_checkpoint(small_model)
+    for k, v in base.backbone.state_dict().items():  # backbone frozen
+        assert torch.equal(v, m.net.backbone.state_dict()[k])
+    p = m.predict(np.stack([synth_call("chirp", 3.0, 7), synth_call("trill", 3.0, 8)]))
+    assert p[0, 0] > p[0, 1] and p[1, 1] > p[1, 0]
+
+
+def test_head_only_needs_base(synth_dataset, tmp_path):
+    r = CliRunner().invoke(main, ["train", synth_dataset, "-o", str(tmp_path / "x"), "--head-only"])
+    assert r.exit_code == 2 and "--base" in r.output
+
+
+STANDALONE = r"""
+import json, sys, numpy as np, torch
+path, fmt, inp, outp = sys.argv[1:5]
+assert "birdsound" not in sys.modules
+if fmt == "lite":
+    from torch.jit.mobile import _load_for_lite_interpreter
+    m = _load_for_lite_interpreter(path)
+    import zipfile
+    z = zipfile.ZipFile(path)
+    meta = json.loads(z.read([n for n in z.namelist() if n.endswith("extra/metadata.json")][0]))
+else:
+    extra = {"metadata.json": ""}
+    m = torch.jit.load(path, _extra_files=extra)
+    meta = json.loads(extra["metadata.json"])
+x = torch.from_numpy(np.load(inp))
+np.save(outp, m(x).detach().numpy())
+print(json.dumps({k: meta[k] for k in ("sample_rate", "window_s", "model_version")}), len(meta["labels"]))
+assert not any(k.startswith("birdsound") for k in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("fmt,quant", [("torchscript", "none"), ("lite", "none"), ("lite", "dynamic"),
+                                       ("torchscript", "int8"), ("lite", "int8")])
+def test_export_runs_standalone_and_matches_eager(small_model, synth_dataset, tmp_path, fmt, quant):
+    out = tmp_path / f"m.{'ptl' if fmt == 'lite' else 'pt'}"
+    r = CliRunner().invoke(main, ["export", small_model, "-o", str(out), "--format", fmt, "--quantize", quant,
+                                  "--calibration", synth_dataset, "--windows", "32"])
+    assert r.exit_code == 0, r.output
+    assert re.search(r"parity on \d+ real windows", r.output)
+    x = np.stack([synth_call(k, 3.0, 50 + i) for i, k in enumerate(SYNTH_SPECIES.values())])
+    np.save(tmp_path / "in.npy", x)
+    script = tmp_path / "standalone.py"
+    script.write_text(STANDALONE)
+    p = subprocess.run([sys.executable, str(script), str(out), fmt, str(tmp_path / "in.npy"), str(tmp_path / "out.npy")],
+                       capture_output=True, text=True, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert '"sample_rate": 32000' in p.stdout and p.stdout.strip().endswith(" 3")
+    got = np.load(tmp_path / "out.npy")
+    net, _ = load_checkpoint(small_model)
+    with torch.no_grad():
+        ref = torch.sigmoid(net(torch.from_numpy(x))).numpy()
+    if quant == "none":
+        assert np.abs(got - ref).max() < 1e-5
+    else:
+        assert np.abs(got - ref).max() < 0.1
+        assert (got.argmax(1) == ref.argmax(1)).all()
+    info = CliRunner().invoke(main, ["info", str(out)])
+    assert info.exit_code == 0 and "smoke-1" in info.output and "input/output:" in info.output
+
+
+def test_exported_model_gives_identical_detections(small_model, synth_dataset, tmp_path):
+    out = tmp_path / "m.pt"
+    CliRunner().invoke(main, ["export", small_model, "-o", str(out), "--calibration", synth_dataset, "--windows", "16"])
+    res = {}
+    for name, model in [("eager", small_model), ("ts", str(out))]:
+        r = CliRunner().invoke(main, ["analyze", "-q", synth_dataset, "-m", model, "-o", str(tmp_path / name),
+                                      "--rtype", "csv", "--combine", "--min-conf", "0.1"])
+        assert r.exit_code == 0, r.output
+        res[name] = (tmp_path / name / "birdsound.combined.results.csv").read_text()
+    assert res["eager"] == res["ts"] and res["eager"].count("\n") > 3
+
+
+def test_foreign_torchscript_is_refused(tmp_path):
+    p = tmp_path / "foreign.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(p))
+    with pytest.raises(ModelError, match="without birdsound metadata"):
+        load_model(str(p))
