@@ -276,7 +276,7 @@ def fit(train_recs: list[Recording], val_recs: list[Recording], labels: list[str
     sampler = Sampler(train_recs, labels, noise_powers, wf, seed, **sampler_kw)
     rng = random.Random(seed + 1)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.02)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.1, 3.0 / steps))
     loss_fn = nn.BCEWithLogitsLoss()
     best, best_state, history, bad = -1.0, None, [], 0
     net.train()
