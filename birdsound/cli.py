@@ -317,6 +317,57 @@ def export(model_path, out, fmt, quantize, calib, n_windows):
                    f"{rep['macro_ap_exported']:.3f} (drop {rep['macro_ap_drop']:+.3f})")
 
 
+@main.command(context_settings=CONTEXT)
+def devices():
+    """List audio input devices (index, name, channels, default sample rate)."""
+    from .listen import LiveError, list_devices
+
+    try:
+        devs = list_devices()
+    except LiveError as e:
+        fail(str(e))
+    if not devs:
+        fail("no audio input device found (no sound card or microphone connected)", code=1)
+    for d in devs:
+        click.echo(f"{d['index']:3d}  {d['name']}  ({d['channels']} ch, {d['default_samplerate']:.0f} Hz)")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--device", default=None, help="Input device name (substring) or index (see 'birdsound devices').")
+@detection_flags
+@click.option("--duration", type=click.FloatRange(min=0.1), default=None, help="Stop after this many seconds of audio.")
+@click.option("--min-hits", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Report a species only after N windows above threshold ...")
+@click.option("--within", type=click.FloatRange(min=0), default=15.0, show_default=True, help="... within S seconds.")
+@click.option("--cooldown", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds before the same species is reported again.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), help="Append detections to this SQLite database.")
+@click.option("--clips", "clips_dir", type=click.Path(file_okay=False), help="Save a WAV clip of each detection here.")
+@click.option("--pre-roll", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--post-roll", type=click.FloatRange(min=0), default=1.0, show_default=True)
+def listen(device, model_path, overlap, min_conf, sensitivity, top_n, include, exclude, thresholds, duration,
+           min_hits, within, cooldown, log_path, clips_dir, pre_roll, post_roll):
+    """Listen to a microphone and print species as they sing (same windows, model and rules as analyze).
+
+    Each line: local wall-clock time, stream offset (s), species, confidence. Ctrl-C or SIGTERM stops
+    cleanly: the current window is scored, the log and clips are flushed, a summary is printed.
+    """
+    from .listen import LiveError
+    from .listen import listen as run_listen
+
+    model = load_model_or_fail(model_path)
+    check_overlap(model, overlap)
+    dopts = detect_options(model, min_conf, sensitivity, top_n, include, exclude, thresholds)
+    try:
+        s = run_listen(model, dopts, device, overlap, duration, min_hits, within, cooldown, log_path, clips_dir,
+                       pre_roll, post_roll, echo=lambda m: click.echo(m))
+    except LiveError as e:
+        fail(str(e))
+    click.echo(s.line(), err=True)
+    if s.error:
+        sys.exit(1)
+
+
 DEFAULT_CALIBRATION = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "datasets",
                                    "xc_train_manifest.csv")
 

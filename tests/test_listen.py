@@ -1,0 +1,85 @@
+"""`birdsound listen` through the real sounddevice/PortAudio path with an ALSA file-plugin fake mic."""
+
+import ctypes.util
+import os
+import sqlite3
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import SR, run_cli, tone_signal
+
+pytestmark = pytest.mark.skipif(ctypes.util.find_library("portaudio") is None,
+                                reason="libportaudio2 not installed (apt-get install libportaudio2)")
+
+ALSA_CONF = """pcm.!default {{
+  type plug
+  slave {{
+    pcm {{
+      type file
+      slave.pcm "null"
+      file "/dev/null"
+      infile "{raw}"
+      format "raw"
+    }}
+    format FLOAT_LE
+    rate {rate}
+    channels 1
+  }}
+}}
+"""
+
+
+def fake_mic(tmp_path, x: np.ndarray, rate: int = SR) -> dict:
+    raw = tmp_path / "mic.f32le.raw"
+    np.concatenate([x, np.zeros(rate * 10, np.float32)]).astype("<f4").tofile(raw)
+    conf = tmp_path / "asound.conf"
+    conf.write_text(ALSA_CONF.format(raw=raw, rate=rate))
+    return {"ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{conf}"}
+
+
+def test_listen_reports_tones_at_their_offsets_logs_and_clips(tone_model, tmp_path):
+    env = fake_mic(tmp_path, tone_signal(20.0, [(7.0, 7.5, 3000.0), (15.2, 15.4, 1000.0)]))
+    db, clips = tmp_path / "det.sqlite", tmp_path / "clips"
+    r = run_cli("listen", "-m", tone_model, "--duration", "20", "--log", str(db), "--clips", str(clips),
+                "--cooldown", "0", env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = [l.split() for l in r.stdout.splitlines() if l.strip()]
+    got = [(float(l[1].rstrip("s")), " ".join(l[2:-1])) for l in lines]
+    assert got == [(6.0, "Testus altus_High Tone"), (15.0, "Testus bassus_Low Tone")]
+    assert "listened 20.0 s, 2 detections, 0 input overflows, 0 dropped samples" in r.stderr
+    rows = sqlite3.connect(db).execute(
+        "SELECT stream_start_s, stream_end_s, scientific_name, model_version FROM detections ORDER BY id").fetchall()
+    assert rows == [(6.0, 9.0, "Testus altus", "tone-test-1"), (15.0, 18.0, "Testus bassus", "tone-test-1")]
+    files = sorted(os.listdir(clips))
+    assert len(files) == 2
+    for f in files:  # 1 s pre-roll + 3 s window + 1 s post-roll
+        assert sf.info(str(clips / f)).frames == 5 * SR
+
+
+def test_listen_confirmation_needs_repeated_hits(tone_model, tmp_path):
+    # one burst: heard in one window only; with --min-hits 2 it is never confirmed
+    env = fake_mic(tmp_path, tone_signal(12.0, [(4.0, 4.3, 3000.0), (9.5, 9.8, 3000.0)]))
+    r = run_cli("listen", "-m", tone_model, "--duration", "12", "--min-hits", "2", "--within", "10",
+                "--cooldown", "0", env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    offs = [float(l.split()[1].rstrip("s")) for l in r.stdout.splitlines() if l.strip()]
+    assert offs == [9.0]  # second hit (window at 9 s) confirms the species
+
+
+def test_bad_device_name(tone_model, tmp_path):
+    env = fake_mic(tmp_path, tone_signal(3.0, []))
+    r = run_cli("listen", "-m", tone_model, "--device", "nosuchmic", "--duration", "1", env=env)
+    assert r.returncode == 2
+    assert "--device nosuchmic" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_no_device(tone_model, tmp_path):
+    if os.path.exists("/proc/asound/cards") and "no soundcards" not in open("/proc/asound/cards").read():
+        pytest.skip("this machine has a sound card")
+    env = {"ALSA_CONFIG_PATH": "/usr/share/alsa/alsa.conf"}
+    for args in (["devices"], ["listen", "-m", tone_model, "--duration", "1"]):
+        r = run_cli(*args, env=env)
+        assert r.returncode != 0
+        assert "no audio input device" in r.stderr and "Traceback" not in r.stderr
