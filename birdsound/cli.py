@@ -278,7 +278,7 @@ def embed(paths, out_path, model_path, overlap):
 @click.option("--calibration", "calib", multiple=True, type=click.Path(exists=True),
               help="Audio files/folders or a training manifest CSV for calibration and the parity check "
                    "(default: the shipped model's training manifest).")
-@click.option("--windows", "n_windows", type=click.IntRange(8, 4096), default=256, show_default=True,
+@click.option("--windows", "n_windows", type=click.IntRange(8, 4096), default=512, show_default=True,
               help="Real audio windows used for calibration and parity.")
 def export(model_path, out, fmt, quantize, calib, n_windows):
     """Export MODEL (default: shipped model) as a self-contained TorchScript file for phone apps.

@@ -37,7 +37,7 @@ def main():
     warnings.filterwarnings("ignore")
     torch.set_num_threads(a.threads)
     net, meta = load_checkpoint(a.model)
-    wins, labels = ex.calibration_windows([a.calibration], meta.sample_rate, meta.window_samples, 256)
+    wins, labels = ex.calibration_windows([a.calibration], meta.sample_rate, meta.window_samples, 512)
     out = {"model": meta.model_version, "threads": a.threads, "windows": len(wins), "formats": []}
     x1, x32 = torch.from_numpy(wins[:1]), torch.from_numpy(wins[:32])
     out["eager"] = {"ms_per_window_b1": latency_ms(net, x1), "ms_per_window_b32": latency_ms(net, x32)}
