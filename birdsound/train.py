@@ -329,6 +329,23 @@ def assign_folds(recs: list[Recording], k: int, seed: int) -> list[int]:
     return folds
 
 
+def fold_splits(recs: list[Recording], folds: int, seed: int):
+    """Yield (k, training recordings, validation recordings) for each of `folds` folds by recording."""
+    fa = assign_folds(recs, folds, seed)
+    for k in range(folds):
+        yield k, [r for r, f in zip(recs, fa) if f != k], [r for r, f in zip(recs, fa) if f == k]
+
+
+def load_training_data(data: str, frontend: nn.Module, window_frames: int, seed: int):
+    """Read, decode and prepare DATA; returns (recordings, labels, background mel powers)."""
+    recs, noise_files = read_dataset(data)
+    labels = sorted({l for r in recs for l in r.labels})
+    recs = prepare(recs, frontend, window_frames)
+    if not recs:
+        raise ValueError(f"{data}: no readable recordings")
+    return recs, labels, noise_powers_for(noise_files, frontend, seed)
+
+
 def noise_powers_for(noise_files: list[str], frontend: nn.Module, seed: int) -> list[torch.Tensor]:
     waves = synth_noise(seed)
     for p in noise_files:
@@ -377,22 +394,13 @@ def train(data: str, out_dir: str, steps: int = 3000, seed: int = 0, folds: int 
     """Train (optionally cross-validate first) and save ``model.pt``, ``metrics.json``, ``MODEL_CARD.md``."""
     t0 = time.time()
     torch.manual_seed(seed)
-    recs, noise_files = read_dataset(data)
-    labels = sorted({l for r in recs for l in r.labels})
-    probe = BirdNetLite(len(labels))
     wf = n_frames(int(WINDOW_S * SAMPLE_RATE_HZ))
-    recs = prepare(recs, probe.frontend, wf)
-    if not recs:
-        raise ValueError(f"{data}: no readable recordings")
-    noise_p = noise_powers_for(noise_files, probe.frontend, seed)
+    recs, labels, noise_p = load_training_data(data, BirdNetLite(1).frontend, wf, seed)
     report: dict = {"data": data, "labels": labels, "n_recordings": len(recs), "steps": steps, "seed": seed,
                     "audio_s": float(sum(r.power.shape[1] for r in recs) * HOP_SAMPLES / SAMPLE_RATE_HZ)}
     if folds >= 2:
-        fa = assign_folds(recs, folds, seed)
         fold_metrics = []
-        for k in range(folds):
-            tr = [r for r, f in zip(recs, fa) if f != k]
-            va = [r for r, f in zip(recs, fa) if f == k]
+        for k, tr, va in fold_splits(recs, folds, seed):
             _, info = fit(tr, va, labels, noise_p, steps, seed + k, batch_size, desc=f"fold {k + 1}/{folds}")
             fold_metrics.append(info["best"])
             tqdm.write(f"fold {k + 1}/{folds}: " + json.dumps({a: round(b, 4) for a, b in info["best"].items()}))
@@ -476,20 +484,12 @@ def train_head(data: str, base: str, out_dir: str, seed: int = 0, folds: int = 0
     """
     t0 = time.time()
     base_net, base_meta = load_checkpoint(base)
-    recs, noise_files = read_dataset(data)
-    labels = sorted({l for r in recs for l in r.labels})
     wf = n_frames(base_meta.window_samples)
-    recs = prepare(recs, base_net.frontend, wf)
-    if not recs:
-        raise ValueError(f"{data}: no readable recordings")
-    noise_p = noise_powers_for(noise_files, base_net.frontend, seed)
+    recs, labels, noise_p = load_training_data(data, base_net.frontend, wf, seed)
     report: dict = {"data": data, "base": base, "labels": labels, "n_recordings": len(recs), "head_only": True}
     if folds >= 2:
-        fa = assign_folds(recs, folds, seed)
         res = []
-        for k in range(folds):
-            tr = [r for r, f in zip(recs, fa) if f != k]
-            va = [r for r, f in zip(recs, fa) if f == k]
+        for k, tr, va in fold_splits(recs, folds, seed):
             X, Y = _head_data(base_net, tr, labels, noise_p, wf, per_rec, seed)
             net = _assemble(base_net, _fit_head(X, Y, seed), labels)
             res.append(validate(net, va, labels, wf))
