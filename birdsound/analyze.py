@@ -1,23 +1,35 @@
-"""Batch analysis: one audio file -> detections, and a folder run -> output files.
+"""Batch analysis: files -> chunks -> detections -> output files.
 
-This is the spine every front end reuses: ``analyze_file`` for one file (block-wise, so
-memory stays flat with file length), ``run`` for many files with outputs, skip-existing,
-per-file error isolation and a summary.
+The unit of work is a *chunk*: a run of consecutive windows of one file (about ``CHUNK_S``
+seconds of audio). How a file is cut into chunks depends only on the file, the model and
+the options, never on how many workers run, so one thread, all cores (``workers``) and a
+Dask cluster compute the same windows in the same batches and write byte-identical outputs.
+
+A chunk that starts at window ``k0 > 0`` decodes from ``MARGIN_S`` before sample ``k0*hop``
+(a point where the source and model sample grids meet, so resampled samples land exactly
+where a continuous decode puts them) and drops that margin: the resampler has warmed up by
+then. Memory per running chunk is one decoded block plus one batch, whatever the file length.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
+import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from . import audio, outputs
 from .detect import DetectOptions, Detection, detect, merge_consecutive
-from .model import Classifier
-from .stream import DEFAULT_BATCH, band_limit, file_windows, hop_samples
+from .runtime import Classifier
+from .stream import DEFAULT_BATCH, Windower, band_limit, file_windows, hop_samples
+
+CHUNK_S = 600.0  # audio per unit of parallel work
+MARGIN_S = 0.5  # decoded before a chunk and dropped (resampler warm-up)
 
 
 @dataclass(frozen=True)
@@ -31,33 +43,117 @@ class AnalyzeOptions:
     detect: DetectOptions = field(default_factory=DetectOptions)
 
 
-def analyze_file(model: Classifier, path: str, opts: AnalyzeOptions,
-                 progress: Callable[[float], None] | None = None) -> outputs.FileResult:
-    """Detections of one file. Times follow the window rule of :mod:`birdsound.stream`:
-    start = k*hop / rate, end = min(k*hop + window, N) / rate, with N the number of
-    model-rate samples; in samples of the original file at rate R that is
-    ``round(start * R)`` (exact whenever hop * R / rate is an integer).
+@dataclass(frozen=True)
+class Chunk:
+    """Windows ``first .. first + count - 1`` of `path`; ``count`` None runs to the end of the file."""
 
-    Raises :class:`birdsound.audio.AudioError` for unreadable audio.
-    """
+    path: str
+    index: int
+    first: int
+    count: int | None
+    duration_s: float  # audio seconds this chunk accounts for (progress)
+
+
+def plan_chunks(path: str, info: audio.AudioInfo, sample_rate: int, window: int, hop: int,
+                chunk_s: float | None = None) -> list[Chunk]:
+    """Cut a file into chunks of about `chunk_s` (default ``CHUNK_S``) seconds whose starts lie on
+    both sample grids."""
+    chunk_s = chunk_s or CHUNK_S
+    align = sample_rate // math.gcd(sample_rate, info.sample_rate)  # model samples per whole source step
+    step = align // math.gcd(align, hop)  # windows per aligned unit
+    per = max(step, int(round(chunk_s * sample_rate / hop)) // step * step)
+    margin = _margin(sample_rate, info.sample_rate)
+    n_est = info.frames * sample_rate // info.sample_rate
+    chunks: list[Chunk] = []
+    first = 0
+    # a chunk other than the last must end (with margin and 1 s to spare) inside the file
+    while (first + per - 1) * hop + window + margin + sample_rate <= n_est:
+        chunks.append(Chunk(path, len(chunks), first, per, per * hop / sample_rate))
+        first += per
+    chunks.append(Chunk(path, len(chunks), first, None, max(0.0, info.duration_s - first * hop / sample_rate)))
+    return chunks
+
+
+def _margin(sample_rate: int, source_rate: int) -> int:
+    align = sample_rate // math.gcd(sample_rate, source_rate)
+    return -(-int(MARGIN_S * sample_rate) // align) * align
+
+
+def chunk_windows(chunk: Chunk, sample_rate: int, window: int, hop: int, channel: int | None = None,
+                  batch: int = DEFAULT_BATCH) -> Iterator:
+    """Window batches of one chunk, with start offsets in samples of the whole file."""
+    offset = chunk.first * hop
+    if chunk.first == 0:
+        start_frame, skip = 0, 0
+    else:
+        src_rate = audio.info(chunk.path).sample_rate
+        skip = _margin(sample_rate, src_rate)
+        start_frame = (offset - skip) * src_rate // sample_rate
+    stop_frame = None
+    if chunk.count is not None:
+        src_rate = audio.info(chunk.path).sample_rate
+        end = (chunk.first + chunk.count - 1) * hop + window + _margin(sample_rate, src_rate)
+        stop_frame = -(-end * src_rate // sample_rate) + 1
+    w = Windower(window, hop, batch, resumed=chunk.first > 0)
+    left = chunk.count
+    for block in audio.read_blocks(chunk.path, sample_rate, channel, start_frame=start_frame, stop_frame=stop_frame):
+        if skip:
+            block, skip = block[skip:], max(0, skip - len(block))
+        for wb in w.push(block):
+            if left is not None:
+                wb = _head(wb, left)
+                left -= len(wb.starts)
+            if len(wb.starts):
+                wb.starts = wb.starts + offset
+                yield wb
+            if left == 0:
+                return
+    if left is None:
+        for wb in w.flush():
+            wb.starts = wb.starts + offset
+            yield wb
+
+
+def _head(wb, n: int):
+    if len(wb.starts) <= n:
+        return wb
+    return type(wb)(wb.windows[:n], wb.starts[:n], wb.lengths[:n])
+
+
+def analyze_chunk(model: Classifier, chunk: Chunk, opts: AnalyzeOptions) -> list[Detection]:
+    """Detections of one chunk (times in seconds of the whole file, window rule of
+    :mod:`birdsound.stream`). Raises :class:`birdsound.audio.AudioError` for unreadable audio."""
     meta = model.meta
     sr, win = meta.sample_rate, meta.window_samples
     hop = hop_samples(win, opts.overlap_s, sr)
-    info = audio.info(path)
     dets: list[Detection] = []
-    for wb in file_windows(path, sr, win, hop, opts.channel, opts.batch):
-        x = band_limit(wb.windows, sr, opts.fmin_hz, opts.fmax_hz)
-        probs = model.predict(x)
-        starts = wb.starts / sr
-        ends = (wb.starts + wb.lengths) / sr
-        dets += detect(starts, ends, probs, meta.labels, opts.detect)
-        if progress:
-            progress(float(min(len(wb.starts) * hop, wb.lengths.sum()) / sr))
+    for wb in chunk_windows(chunk, sr, win, hop, opts.channel, opts.batch):
+        probs = model.predict(band_limit(wb.windows, sr, opts.fmin_hz, opts.fmax_hz))
+        dets += detect(wb.starts / sr, (wb.starts + wb.lengths) / sr, probs, meta.labels, opts.detect)
+    return dets
+
+
+def file_result(path: str, info: audio.AudioInfo, chunk_dets: list[list[Detection]], opts: AnalyzeOptions,
+                sample_rate: int) -> outputs.FileResult:
+    """Join a file's chunk detections (in chunk order) into its result."""
+    dets = [d for ds in chunk_dets for d in ds]
     if opts.merge:
         dets = merge_consecutive(dets)
-    return outputs.FileResult(path, info.duration_s, dets,
-                              low_freq_hz=opts.fmin_hz or 0.0,
-                              high_freq_hz=opts.fmax_hz or min(15000.0, sr / 2))
+    return outputs.FileResult(path, info.duration_s, dets, low_freq_hz=opts.fmin_hz or 0.0,
+                              high_freq_hz=opts.fmax_hz or min(15000.0, sample_rate / 2))
+
+
+def analyze_file(model: Classifier, path: str, opts: AnalyzeOptions) -> outputs.FileResult:
+    """Detections of one file, chunk after chunk in this thread.
+
+    Times follow the window rule of :mod:`birdsound.stream`: start = k*hop / rate,
+    end = min(k*hop + window, N) / rate, with N the number of model-rate samples.
+    Raises :class:`birdsound.audio.AudioError` for unreadable audio.
+    """
+    info = audio.info(path)
+    sr, win = model.meta.sample_rate, model.meta.window_samples
+    chunks = plan_chunks(path, info, sr, win, hop_samples(win, opts.overlap_s, sr))
+    return file_result(path, info, [analyze_chunk(model, c, opts) for c in chunks], opts, sr)
 
 
 @dataclass
@@ -79,65 +175,154 @@ def outputs_for(path: str, root: str, out_dir: str | None, rtypes: tuple[str, ..
     return {r: outputs.output_path(path, root, out_dir, r) for r in rtypes}
 
 
+# ---------------------------------------------------------------- executors
+# An executor is (submit(chunk) -> future, as_completed(futures) -> iterator, close()).
+
+def local_executor(model: Classifier, opts: AnalyzeOptions, workers: int):
+    """Chunks on `workers` threads of this process (model calls release the GIL)."""
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="birdsound")
+    return (lambda c: pool.submit(analyze_chunk, model, c, opts), concurrent.futures.as_completed,
+            lambda: pool.shutdown(cancel_futures=True))
+
+
+@functools.lru_cache(maxsize=4)
+def _worker_model(path: str) -> Classifier:
+    from .runtime import load_model
+
+    return load_model(path, threads=1)
+
+
+def _dask_chunk(model_path: str, chunk: Chunk, opts: AnalyzeOptions) -> list[Detection]:
+    return analyze_chunk(_worker_model(model_path), chunk, opts)
+
+
+def dask_executor(model: Classifier, opts: AnalyzeOptions, address: str, workers: int):
+    """Chunks as tasks on a Dask cluster (`address`, or ``local`` for a LocalCluster of
+    `workers` single-threaded processes). Workers load the model from its path once each;
+    a task whose worker dies is rerun elsewhere by Dask, and reported failed after that."""
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise ValueError("--dask needs dask.distributed: pip install 'birdsound[scale]'") from None
+    cluster = None
+    try:
+        if address == "local":
+            cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+        elif isinstance(address, str):
+            client = Client(address, timeout="10s")
+        else:  # an existing Client (tests, notebooks)
+            client = address
+    except OSError as e:
+        raise ValueError(f"--dask {address}: cannot reach the scheduler ({e})") from None
+    path = os.path.abspath(model.path)
+
+    def close() -> None:
+        if isinstance(address, str):
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+    return (lambda c: client.submit(_dask_chunk, path, c, opts, pure=False), as_completed, close)
+
+
 def run(model: Classifier, inputs: list[tuple[str, str]], out_dir: str | None, rtypes: tuple[str, ...],
         opts: AnalyzeOptions, combine: bool = False, skip_existing: bool = False, plot: bool = False,
-        report: Callable[[str], None] = print, progress_bar: bool = True) -> RunSummary:
-    """Analyse `inputs` ``(file, root)`` and write outputs; failures are reported and skipped."""
+        report: Callable[[str], None] = print, progress_bar: bool = True, workers: int = 1,
+        dask=None) -> RunSummary:
+    """Analyse `inputs` ``(file, root)`` and write outputs; failures are reported and skipped.
+
+    Chunks run on `workers` threads, or on a Dask cluster when `dask` is an address, ``"local"``
+    or a ``Client``; outputs do not depend on which.
+    """
     from tqdm import tqdm
 
     t0 = time.time()
     summary = RunSummary()
-    todo = []
-    total_s = 0.0
-    for path, root in inputs:
+    sr, win = model.meta.sample_rate, model.meta.window_samples
+    hop = hop_samples(win, opts.overlap_s, sr)
+    failed: dict[int, str] = {}
+    plans: dict[int, tuple[str, str, audio.AudioInfo, list[Chunk]]] = {}
+    for i, (path, root) in enumerate(inputs):
         if skip_existing and not combine:
-            outs = outputs_for(path, root, out_dir, rtypes)
-            if all(os.path.exists(p) for p in outs.values()):
+            if all(os.path.exists(p) for p in outputs_for(path, root, out_dir, rtypes).values()):
                 summary.skipped += 1
                 continue
         try:
-            total_s += audio.info(path).duration_s
-        except audio.AudioError:
-            pass  # reported when analysed
-        todo.append((path, root))
-    combined: list[outputs.FileResult] = []
-    meta = model.meta.to_dict()
-    bar = tqdm(total=round(total_s, 1), unit="s", desc="analysing", disable=not progress_bar,
+            info = audio.info(path)
+            plans[i] = (path, root, info, plan_chunks(path, info, sr, win, hop))
+        except audio.AudioError as e:
+            failed[i] = str(e)
+    bar = tqdm(total=round(sum(p[2].duration_s for p in plans.values()), 1), unit="s", desc="analysing",
+               disable=not progress_bar,
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}, {rate_fmt}]")
-    offset = 0.0
-    for path, root in todo:
-        try:
-            res = analyze_file(model, path, opts, progress=lambda s: bar.update(s))
-        except (audio.AudioError, ValueError) as e:
-            msg = str(e) if str(e).startswith(path) else f"{path}: {e}"
-            summary.failed.append(msg)
-            bar.write(f"error: {msg}") if progress_bar else report(f"error: {msg}")
-            continue
-        summary.files += 1
-        summary.audio_s += res.duration_s
-        summary.detections += len(res.detections)
-        if combine:
-            res.offset_s = offset
-            offset += res.duration_s
-            combined.append(res)
-        else:
-            for rtype, p in outputs_for(path, root, out_dir, rtypes).items():
-                outputs.atomic_write(p, outputs.render(rtype, [res], meta))
-        if plot:
-            png = os.path.splitext(outputs.output_path(path, root, out_dir, "csv"))[0]
-            png = png[: -len(".results")] + ".png" if png.endswith(".results") else png + ".png"
+    say = bar.write if progress_bar else report
+    for i in sorted(failed):
+        summary.failed.append(failed[i])
+        say(f"error: {failed[i]}")
+    submit, as_completed, close = (dask_executor(model, opts, dask, workers) if dask is not None
+                                   else local_executor(model, opts, workers))
+    results: dict[int, outputs.FileResult] = {}
+    try:
+        futures = {}
+        for i, (_, _, _, chunks) in plans.items():
+            for c in chunks:
+                futures[submit(c)] = (i, c)
+        pending = {i: len(p[3]) for i, p in plans.items()}
+        got: dict[int, list] = {i: [None] * len(p[3]) for i, p in plans.items()}
+        for fut in as_completed(list(futures)):
+            i, c = futures[fut]
+            bar.update(c.duration_s)
+            path, root, info, _ = plans[i]
+            if i in failed:
+                continue
             try:
-                outputs.plot(path, model.meta.sample_rate, res.detections, png)
-            except Exception as e:  # a plot must never lose the tables
-                report(f"warning: {path}: plot failed ({e})")
-    bar.close()
-    if combine and combined:
+                got[i][c.index] = fut.result()
+            except (audio.AudioError, ValueError) as e:
+                failed[i] = str(e) if str(e).startswith(path) else f"{path}: {e}"
+            except Exception as e:  # a lost worker, a crashed task: the file fails, the batch goes on
+                failed[i] = f"{path}: analysis failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            if i in failed:
+                summary.failed.append(failed[i])
+                say(f"error: {failed[i]}")
+                continue
+            pending[i] -= 1
+            if pending[i] == 0:
+                res = results[i] = file_result(path, info, got.pop(i), opts, sr)
+                summary.files += 1
+                summary.audio_s += res.duration_s
+                summary.detections += len(res.detections)
+                if not combine:
+                    for rtype, p in outputs_for(path, root, out_dir, rtypes).items():
+                        outputs.atomic_write(p, outputs.render(rtype, [res], model.meta.to_dict()))
+                if plot:
+                    _plot(model, res, root, out_dir, report)
+    finally:
+        close()
+        bar.close()
+    if combine and results:
+        combined, offset = [], 0.0
+        for i in sorted(results):
+            results[i].offset_s = offset
+            offset += results[i].duration_s
+            combined.append(results[i])
         folder = out_dir or os.path.dirname(inputs[0][0]) or "."
         for rtype in rtypes:
             outputs.atomic_write(os.path.join(folder, outputs.COMBINED_NAME[rtype]),
-                                 outputs.render(rtype, combined, meta))
+                                 outputs.render(rtype, combined, model.meta.to_dict()))
     summary.wall_s = time.time() - t0
     return summary
+
+
+def _plot(model: Classifier, res: outputs.FileResult, root: str, out_dir: str | None,
+          report: Callable[[str], None]) -> None:
+    png = os.path.splitext(outputs.output_path(res.path, root, out_dir, "csv"))[0]
+    png = png[: -len(".results")] + ".png" if png.endswith(".results") else png + ".png"
+    try:
+        outputs.plot(res.path, model.meta.sample_rate, res.detections, png)
+    except Exception as e:  # a plot must never lose the tables
+        report(f"warning: {res.path}: plot failed ({e})")
 
 
 def probabilities(model: Classifier, path: str, overlap_s: float = 0.0,

@@ -21,11 +21,11 @@ def fail(msg: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def load_model_or_fail(path: str | None):
-    from .model import ModelError, load_model
+def load_model_or_fail(path: str | None, threads: int | None = None):
+    from .runtime import ModelError, load_model
 
     try:
-        return load_model(path)
+        return load_model(path, threads=threads)
     except ModelError as e:
         fail(f"--model {e}")
 
@@ -103,12 +103,20 @@ def main() -> None:
 @click.option("--fmax", type=click.FloatRange(min=0), default=None, help="Band limit: highest frequency in Hz.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True,
               help="Windows scored per model call.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads (default: all cores).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Files and 10-minute chunks of long files analysed in parallel (default: all cores). "
+                   "Results do not depend on it.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads per worker inside the model (default: cores / workers).")
+@click.option("--dask", "dask_address", default=None, metavar="ADDRESS|local",
+              help="Spread chunks over a Dask cluster (scheduler address, or 'local' for a LocalCluster of "
+                   "--workers processes); outputs are gathered here and identical to a local run.")
 @click.option("--skip-existing", is_flag=True, help="Skip recordings whose outputs already exist (resume).")
 @click.option("--plot", is_flag=True, help="Also write a PNG spectrogram with the detections drawn as boxes.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def analyze(paths, out_dir, model_path, overlap, min_conf, sensitivity, top_n, include, exclude, thresholds,
-            rtypes, combine, merge, channel, fmin, fmax, batch_size, threads, skip_existing, plot, quiet):
+            rtypes, combine, merge, channel, fmin, fmax, batch_size, workers, threads, dask_address, skip_existing,
+            plot, quiet):
     """Detect bird species in recordings (files or folders, searched recursively).
 
     Reads wav, flac, ogg and mp3 at any sample rate from 8 to 192 kHz, block by block (a 24 h
@@ -117,14 +125,16 @@ def analyze(paths, out_dir, model_path, overlap, min_conf, sensitivity, top_n, i
     last partial window is zero-padded and its end clipped to the file's end.
     Exit status: 0 when every file was analysed, 1 when any failed, 2 for bad options.
     """
-    import torch
-
     from . import analyze as an
     from .audio import find_audio_files
 
-    if threads:
+    workers = workers or os.cpu_count() or 1
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    model = load_model_or_fail(model_path, threads=threads)
+    if model.kind != "onnx":  # ONNX models run without torch
+        import torch
+
         torch.set_num_threads(threads)
-    model = load_model_or_fail(model_path)
     check_overlap(model, overlap)
     if fmin is not None and fmax is not None and fmin >= fmax:
         fail(f"--fmin {fmin} must be below --fmax {fmax}")
@@ -134,9 +144,12 @@ def analyze(paths, out_dir, model_path, overlap, min_conf, sensitivity, top_n, i
         fail(f"no audio files (wav, flac, ogg, mp3) found in {', '.join(paths)}")
     opts = an.AnalyzeOptions(overlap_s=overlap, channel=channel - 1 if channel else None, fmin_hz=fmin,
                              fmax_hz=fmax, merge=merge, batch=batch_size, detect=dopts)
-    summary = an.run(model, inputs, out_dir, tuple(dict.fromkeys(rtypes or ("table",))), opts, combine=combine,
-                     skip_existing=skip_existing, plot=plot, progress_bar=not quiet,
-                     report=lambda m: click.echo(m, err=True))
+    try:
+        summary = an.run(model, inputs, out_dir, tuple(dict.fromkeys(rtypes or ("table",))), opts,
+                         combine=combine, skip_existing=skip_existing, plot=plot, progress_bar=not quiet,
+                         report=lambda m: click.echo(m, err=True), workers=workers, dask=dask_address)
+    except ValueError as e:  # --dask problems
+        fail(str(e))
     click.echo(summary.line(), err=True)
     if summary.failed:
         sys.exit(1)
@@ -147,8 +160,6 @@ def analyze(paths, out_dir, model_path, overlap, min_conf, sensitivity, top_n, i
 @click.option("--labels", "show_labels", is_flag=True, help="List every species label.")
 def info(model_path, show_labels):
     """Show a model's species, sample rate, window, size and metadata (default: shipped model)."""
-    from .model import count_mflops, count_parameters
-
     model = load_model_or_fail(model_path)
     m = model.meta
     size = os.path.getsize(model.path)
@@ -158,6 +169,8 @@ def info(model_path, show_labels):
     click.echo(f"sample rate:    {m.sample_rate} Hz")
     click.echo(f"window:         {m.window_s} s ({m.window_samples} samples)")
     if model.net is not None:
+        from .model import count_mflops, count_parameters
+
         click.echo(f"parameters:     {count_parameters(model.net):,}")
         click.echo(f"MFLOPs/window:  {count_mflops(model.net, m.window_samples):.1f}")
     else:

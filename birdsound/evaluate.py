@@ -18,7 +18,7 @@ from . import audio, outputs
 from .analyze import probabilities
 from .detect import label_matcher
 from .metrics import macro_ap, macro_auc, prf_at_threshold, recording_scores, topk_accuracy
-from .model import Classifier
+from .runtime import Classifier
 from .stream import file_windows, hop_samples
 
 

@@ -50,7 +50,8 @@ class MelFrontEnd(nn.Module):
     def normalize(power: torch.Tensor) -> torch.Tensor:
         """``[B, n_mels, T]`` mel power -> ``[B, 1, n_mels, T]`` median-normalised log-mel."""
         logmel = torch.log(power + LOG_EPS)
-        med = torch.median(logmel, dim=-1, keepdim=True).values
+        mid = (logmel.shape[-1] - 1) // 2  # the lower median, as torch.median; sort exports to ONNX
+        med = torch.sort(logmel, dim=-1).values[..., mid:mid + 1]
         return (logmel - med).unsqueeze(1)
 
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ import soundfile as sf
 import soxr
 
 from .detect import Confirmer, DetectOptions, Detection, detect
-from .model import Classifier
+from .runtime import Classifier
 from .stream import Windower, hop_samples
 
 BUFFER_S = 120.0  # audio the queue may hold while scoring catches up

@@ -1,35 +1,23 @@
-"""The compact CNN, its metadata, and loading/saving of model files.
+"""The compact CNN and its checkpoints (weights-only ``torch.save`` files).
 
-A model file is either
-
-* a birdsound checkpoint (``torch.save`` of plain tensors, strings and numbers, loaded with
-  ``weights_only=True`` so no pickled code ever runs), or
-* a TorchScript file made by ``birdsound export`` (``.pt`` or lite ``.ptl``) carrying
-  ``metadata.json`` in its extra files.
-
-:func:`load_model` opens both and returns a :class:`Classifier` with one ``predict`` call.
+Opening any model file for scoring is :mod:`birdsound.runtime`'s job; its names are
+re-exported here for convenience.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import warnings
-import zipfile
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from .features import MelFrontEnd
+from .runtime import (DEFAULT_MODEL_PATH, SAMPLE_RATE_HZ, WINDOW_S, Classifier, Metadata,  # noqa: F401
+                      ModelError, first_line, load_model)
 
-SAMPLE_RATE_HZ = 32000
-WINDOW_S = 3.0
 CHECKPOINT_FORMAT = "birdsound-checkpoint-1"
-DEFAULT_MODEL_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                  "models", "birdsound_default.pt")
 
 # (expansion channels, out channels, kernel, stride, squeeze-excite)
 BLOCKS = (
@@ -44,10 +32,6 @@ BLOCKS = (
 )
 STEM_CHANNELS = 16
 EMBED_DIM = 384
-
-
-class ModelError(Exception):
-    """A model file that cannot be used; the message names the file."""
 
 
 class SqueezeExcite(nn.Module):
@@ -169,40 +153,6 @@ def count_mflops(net: BirdNetLite, window_samples: int) -> float:
     return (total + fft + melmul) / 1e6
 
 
-@dataclass
-class Metadata:
-    """What travels inside every model file."""
-
-    labels: list[str]
-    sample_rate: int = SAMPLE_RATE_HZ
-    window_s: float = WINDOW_S
-    model_version: str = "untrained"
-    license: str = "unspecified"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def window_samples(self) -> int:
-        return int(round(self.window_s * self.sample_rate))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.extra)
-        d.update(labels=list(self.labels), sample_rate=int(self.sample_rate),
-                 window_s=float(self.window_s), model_version=self.model_version,
-                 license=self.license)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Metadata":
-        core = {"labels", "sample_rate", "window_s", "model_version", "license"}
-        missing = {"labels", "sample_rate", "window_s"} - set(d)
-        if missing:
-            raise ValueError(f"metadata lacks {sorted(missing)}")
-        return cls(labels=list(d["labels"]), sample_rate=int(d["sample_rate"]),
-                   window_s=float(d["window_s"]), model_version=str(d.get("model_version", "")),
-                   license=str(d.get("license", "")),
-                   extra={k: v for k, v in d.items() if k not in core})
-
-
 def save_checkpoint(net: BirdNetLite, meta: Metadata, path: str) -> None:
     """Write a weights-only checkpoint atomically (temporary name, then rename)."""
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -218,7 +168,7 @@ def load_checkpoint(path: str) -> tuple[BirdNetLite, Metadata]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle/zip errors of every kind
-        raise ModelError(f"{path}: not a birdsound model file ({_first_line(e)})") from None
+        raise ModelError(f"{path}: not a birdsound model file ({first_line(e)})") from None
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{path}: not a birdsound model file (no '{CHECKPOINT_FORMAT}' marker)")
     try:
@@ -226,80 +176,8 @@ def load_checkpoint(path: str) -> tuple[BirdNetLite, Metadata]:
         net = BirdNetLite(len(meta.labels), meta.sample_rate)
         net.load_state_dict(blob["state_dict"])
     except Exception as e:
-        raise ModelError(f"{path}: damaged birdsound model file ({_first_line(e)})") from None
+        raise ModelError(f"{path}: damaged birdsound model file ({first_line(e)})") from None
     net.eval()
     return net, meta
 
 
-def _first_line(e: Exception) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0][:200] if s else type(e).__name__
-
-
-class Classifier:
-    """A loaded model of either kind: ``predict(windows) -> probabilities``."""
-
-    def __init__(self, module: Any, meta: Metadata, path: str, kind: str, net: BirdNetLite | None = None):
-        self.module = module
-        self.meta = meta
-        self.path = path
-        self.kind = kind  # "checkpoint", "torchscript" or "lite"
-        self.net = net
-
-    @property
-    def labels(self) -> list[str]:
-        return self.meta.labels
-
-    def predict(self, windows: np.ndarray | torch.Tensor) -> np.ndarray:
-        """``float32 [B, window_samples]`` at ``meta.sample_rate`` -> probabilities ``[B, n_labels]``."""
-        x = torch.as_tensor(np.asarray(windows, dtype=np.float32))
-        with torch.inference_mode():
-            return self.module(x).numpy()
-
-
-def load_model(path: str | None = None) -> Classifier:
-    """Open a checkpoint or an exported TorchScript file; `path` None means the shipped default."""
-    path = path or DEFAULT_MODEL_PATH
-    if not os.path.exists(path):
-        hint = " (the default model ships in models/; reinstall or pass --model)" if path == DEFAULT_MODEL_PATH else ""
-        raise ModelError(f"{path}: no such model file{hint}")
-    if not zipfile.is_zipfile(path):
-        raise ModelError(f"{path}: not a birdsound model file (not a PyTorch archive)")
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-    if any("/code/" in n for n in names) or any(n.endswith("bytecode.pkl") for n in names):
-        return _load_torchscript(path, names)
-    net, meta = load_checkpoint(path)
-    return Classifier(ProbabilityModel(net).eval(), meta, path, "checkpoint", net)
-
-
-def _load_torchscript(path: str, names: list[str]) -> Classifier:
-    extra = {"metadata.json": ""}
-    lite = any(n.endswith("bytecode.pkl") for n in names) and not any(n.endswith("/constants.pkl") for n in names)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            if lite:
-                from torch.jit.mobile import _load_for_lite_interpreter
-                module = _load_for_lite_interpreter(path)
-                raw = _read_extra(names, path)
-            else:
-                module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
-                raw = extra["metadata.json"]
-    except Exception as e:
-        raise ModelError(f"{path}: damaged TorchScript file ({_first_line(e)})") from None
-    if not raw:
-        raise ModelError(f"{path}: TorchScript file without birdsound metadata.json (not exported by birdsound)")
-    try:
-        meta = Metadata.from_dict(json.loads(raw))
-    except Exception as e:
-        raise ModelError(f"{path}: bad metadata.json ({_first_line(e)})") from None
-    return Classifier(module, meta, path, "lite" if lite else "torchscript")
-
-
-def _read_extra(names: list[str], path: str) -> str:
-    with zipfile.ZipFile(path) as z:
-        for n in names:
-            if n.endswith("extra/metadata.json"):
-                return z.read(n).decode("utf-8")
-    return ""

@@ -41,10 +41,12 @@ def hop_samples(window: int, overlap_s: float, sample_rate: int) -> int:
 class Windower:
     """Incremental windowing of a sample stream; :meth:`push` blocks, then :meth:`flush`.
 
-    Keeps at most one window plus one block of samples in memory.
+    Keeps at most one window plus one block of samples in memory. `resumed` says that the
+    stream continues one whose last window started one hop before this stream's sample 0
+    (a chunk of a longer file), so the padded-window rule treats its end as covered.
     """
 
-    def __init__(self, window: int, hop: int, batch: int = DEFAULT_BATCH):
+    def __init__(self, window: int, hop: int, batch: int = DEFAULT_BATCH, resumed: bool = False):
         if not 0 < hop <= window:
             raise ValueError("hop must be in (0, window]")
         self.window, self.hop, self.batch = window, hop, batch
@@ -53,6 +55,7 @@ class Windower:
         self.next_start = 0  # start sample of the next window to emit
         self.total = 0  # samples pushed so far
         self.emitted = 0
+        self.covered = window - hop if resumed else 0  # end of the last emitted window
 
     def push(self, block: np.ndarray) -> Iterator[WindowBatch]:
         """Add samples; yield batches of every window now complete."""
@@ -69,6 +72,7 @@ class Windower:
             starts = self.next_start + self.hop * np.arange(n, dtype=np.int64)
             self.next_start += n * self.hop
             self.emitted += n
+            self.covered = int(starts[-1]) + self.window
             yield WindowBatch(np.array(view, dtype=np.float32), starts, np.full(n, self.window, dtype=np.int64))
         drop = self.next_start - self.buf_start
         if drop > 0:
@@ -77,8 +81,7 @@ class Windower:
 
     def flush(self) -> Iterator[WindowBatch]:
         """Emit the last, zero-padded window if samples remain uncovered."""
-        last_end = self.next_start - self.hop + self.window if self.emitted else 0
-        if self.total > last_end and self.next_start < self.total:
+        if self.total > self.covered and self.next_start < self.total:
             off = self.next_start - self.buf_start
             rest = self.buf[off:]
             w = np.zeros((1, self.window), dtype=np.float32)
