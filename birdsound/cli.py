@@ -283,9 +283,11 @@ def embed(paths, out_path, model_path, overlap):
 @main.command(context_settings=CONTEXT)
 @click.argument("model_path", required=False, type=click.Path())
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
-              help="Output file (.pt for torchscript, .ptl for lite).")
-@click.option("--format", "fmt", type=click.Choice(["torchscript", "lite"]), default="torchscript", show_default=True,
-              help="torchscript: frozen TorchScript .pt; lite: PyTorch Mobile lite-interpreter .ptl.")
+              help="Output file (.pt for torchscript, .ptl for lite, .onnx for onnx).")
+@click.option("--format", "fmt", type=click.Choice(["torchscript", "lite", "onnx"]), default="torchscript",
+              show_default=True,
+              help="torchscript: frozen TorchScript .pt; lite: PyTorch Mobile lite-interpreter .ptl; "
+                   "onnx: ONNX opset 18 for onnxruntime (needs the onnx extra).")
 @click.option("--quantize", type=click.Choice(["none", "dynamic", "int8"]), default="none", show_default=True,
               help="int8: static post-training quantization calibrated on real audio; dynamic: int8 Linear layers.")
 @click.option("--calibration", "calib", multiple=True, type=click.Path(exists=True),

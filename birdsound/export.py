@@ -11,8 +11,10 @@ model is frozen (``torch.jit.freeze``) instead; the lite file is saved with
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import os
 import warnings
 
@@ -22,7 +24,7 @@ from torch import nn
 
 from .model import BirdNetLite, Metadata, ProbabilityModel
 
-FORMATS = ("torchscript", "lite")
+FORMATS = ("torchscript", "lite", "onnx")
 QUANTIZE = ("none", "dynamic", "int8")
 IO_DESCRIPTION = ("input: float32 [batch, window_samples] raw mono PCM in [-1, 1] at sample_rate; "
                   "output: float32 [batch, n_labels] sigmoid probabilities, columns in labels order")
@@ -109,6 +111,52 @@ def script(module: nn.Module) -> torch.jit.ScriptModule:
         return torch.jit.freeze(scripted.eval())
 
 
+def save_onnx(module: nn.Module, meta: dict, path: str, window_samples: int) -> None:
+    """Export ``sigmoid(module(pcm))`` to ONNX (opset 18, batch dimension dynamic) with the
+    metadata as ``metadata_props``; one self-contained file, written atomically."""
+    import io
+
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError("--format onnx needs the onnx extra: pip install 'birdsound[onnx]'") from None
+    from .runtime import ONNX_METADATA_KEY
+
+    wrapped = ProbabilityModel(module).eval()
+    tmp = f"{path}.part{os.getpid()}"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logger("torch.onnx"):
+            warnings.simplefilter("ignore")
+            # optimize=False: the exporter's optimizer drops ``+ LOG_EPS`` (1e-8 "is close to 0"),
+            # which gives log(0) = -inf and NaN on digital silence; onnxruntime optimizes the graph itself.
+            prog = torch.onnx.export(wrapped, (torch.zeros(2, window_samples),), dynamo=True, optimize=False,
+                                     input_names=["pcm"], output_names=["probabilities"], opset_version=18,
+                                     dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
+        model = prog.model_proto
+        onnx.helper.set_model_props(model, {ONNX_METADATA_KEY: json.dumps(meta)})
+        onnx.save_model(model, tmp)
+        os.replace(tmp, path)
+    except ExportError:
+        raise
+    except Exception as e:
+        raise ExportError(f"{path}: ONNX export failed ({str(e).strip().splitlines()[0][:300]})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def save(scripted: torch.jit.ScriptModule, meta: dict, path: str, fmt: str) -> None:
     """Write a TorchScript (``torchscript``) or lite-interpreter (``lite``) file atomically."""
     extra = {"metadata.json": json.dumps(meta)}
@@ -125,12 +173,13 @@ def save(scripted: torch.jit.ScriptModule, meta: dict, path: str, fmt: str) -> N
     os.replace(tmp, path)
 
 
-def parity(reference: nn.Module, exported, windows: np.ndarray) -> dict:
-    """Max absolute difference of probabilities and top-1 agreement on `windows`."""
+def parity(reference: nn.Module, predict, windows: np.ndarray) -> dict:
+    """Max absolute difference of probabilities and top-1 agreement on `windows`;
+    `predict` maps float32 windows ``[B, S]`` to probabilities (numpy in, numpy out)."""
     x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
     with torch.inference_mode():
         ref = torch.cat([torch.sigmoid(reference(c)) for c in x.split(32)]).numpy()
-        out = torch.cat([exported(c) for c in x.split(32)]).numpy()
+    out = np.concatenate([predict(c.numpy()) for c in x.split(32)])
     return {"windows": int(len(x)), "max_abs_diff": float(np.abs(ref - out).max()),
             "top1_agreement": float(np.mean(ref.argmax(1) == out.argmax(1))), "reference": ref, "exported": out}
 
@@ -177,8 +226,11 @@ def calibration_windows(sources: list[str], sample_rate: int, window: int, max_w
 def export(net: BirdNetLite, meta: Metadata, out: str, fmt: str, quantize: str, windows: np.ndarray,
            window_labels: list[str]) -> dict:
     """Build, save, reload and parity-check an exported file; raises ExportError when refused."""
-    from .model import load_model
+    from .runtime import load_model
 
+    if fmt == "onnx" and quantize != "none":
+        raise ExportError(f"--format onnx --quantize {quantize}: not supported; quantized models are exported "
+                          "as --format lite or torchscript")
     if quantize == "none":
         module: nn.Module = net
     elif quantize == "dynamic":
@@ -187,10 +239,12 @@ def export(net: BirdNetLite, meta: Metadata, out: str, fmt: str, quantize: str, 
         module = quantize_static(net, windows)
     else:
         raise ValueError(f"unknown quantization {quantize!r}")
-    scripted = script(module)
-    save(scripted, metadata_for_export(meta, quantize, fmt), out, fmt)
+    if fmt == "onnx":
+        save_onnx(module, metadata_for_export(meta, quantize, fmt), out, meta.window_samples)
+    else:
+        save(script(module), metadata_for_export(meta, quantize, fmt), out, fmt)
     loaded = load_model(out)
-    p = parity(net, loaded.module, windows)
+    p = parity(net, loaded.predict, windows)
     report = {"file": out, "format": fmt, "quantize": quantize, "size_bytes": os.path.getsize(out),
               "windows": p["windows"], "max_abs_diff": p["max_abs_diff"], "top1_agreement": p["top1_agreement"]}
     known = [i for i, l in enumerate(window_labels) if l in meta.labels]
@@ -203,10 +257,10 @@ def export(net: BirdNetLite, meta: Metadata, out: str, fmt: str, quantize: str, 
         ap_ref, _ = macro_ap(T, p["reference"][known])
         ap_q, _ = macro_ap(T, p["exported"][known])
         report.update(macro_ap_fp32=ap_ref, macro_ap_exported=ap_q, macro_ap_drop=ap_ref - ap_q)
-    if quantize == "none" and p["max_abs_diff"] > FP32_TOLERANCE:
+    if quantize == "none" and not p["max_abs_diff"] <= FP32_TOLERANCE:  # NaN fails too
         os.remove(out)
         raise ExportError(f"{out}: fp32 parity failed, max |diff| {p['max_abs_diff']:.2e} > {FP32_TOLERANCE:g}; file removed")
-    if quantize != "none" and p["top1_agreement"] < INT8_MIN_TOP1_AGREEMENT:
+    if quantize != "none" and not (p["top1_agreement"] >= INT8_MIN_TOP1_AGREEMENT and np.isfinite(p["exported"]).all()):
         os.remove(out)
         raise ExportError(f"{out}: {quantize} top-1 agreement {p['top1_agreement']:.3f} < {INT8_MIN_TOP1_AGREEMENT}; file removed")
     return report

@@ -168,3 +168,58 @@ def test_foreign_torchscript_is_refused(tmp_path):
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(p))
     with pytest.raises(ModelError, match="without birdsound metadata"):
         load_model(str(p))
+
+
+ONNX_STANDALONE = r"""
+import json, sys, numpy as np, onnxruntime as ort
+path, inp, outp = sys.argv[1:4]
+s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+meta = json.loads(s.get_modelmeta().custom_metadata_map["birdsound_metadata"])
+np.save(outp, s.run(None, {"pcm": np.load(inp)})[0])
+print(meta["sample_rate"], len(meta["labels"]))
+assert "torch" not in sys.modules and not any(k.startswith("birdsound") for k in sys.modules)
+"""
+
+
+def test_onnx_export_runs_without_torch_and_matches_eager(small_model, synth_dataset, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "m.onnx"
+    r = CliRunner().invoke(main, ["export", small_model, "-o", str(out), "--format", "onnx",
+                                  "--calibration", synth_dataset, "--windows", "32"])
+    assert r.exit_code == 0, r.output
+    x = np.stack([synth_call(k, 3.0, 60 + i) for i, k in enumerate(SYNTH_SPECIES.values())] + [np.zeros(96000, np.float32)])
+    np.save(tmp_path / "in.npy", x)
+    (tmp_path / "sa.py").write_text(ONNX_STANDALONE)
+    p = subprocess.run([sys.executable, str(tmp_path / "sa.py"), str(out), str(tmp_path / "in.npy"), str(tmp_path / "o.npy")],
+                       capture_output=True, text=True, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["32000", "3"]
+    net, _ = load_checkpoint(small_model)
+    with torch.no_grad():
+        ref = torch.sigmoid(net(torch.from_numpy(x))).numpy()
+    got = np.load(tmp_path / "o.npy")
+    assert np.isfinite(got).all() and np.abs(got - ref).max() < 1e-4  # digital silence included
+    # analyze with the ONNX file: same detections as eager, and torch is never imported
+    code = ("import sys; from birdsound.cli import main\n"
+            "try:\n main(['analyze', '-q', sys.argv[1], '-m', sys.argv[2], '-o', sys.argv[3], '--rtype', 'csv', "
+            "'--combine', '--min-conf', '0.1'])\nexcept SystemExit as e:\n assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    p = subprocess.run([sys.executable, "-c", code, synth_dataset, str(out), str(tmp_path / "onnx")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    CliRunner().invoke(main, ["analyze", "-q", synth_dataset, "-m", small_model, "-o", str(tmp_path / "eager"),
+                              "--rtype", "csv", "--combine", "--min-conf", "0.1"])
+    import csv
+    rows = {k: list(csv.reader(open(tmp_path / k / "birdsound.combined.results.csv"))) for k in ("onnx", "eager")}
+    assert len(rows["eager"]) > 3 and len(rows["onnx"]) == len(rows["eager"])
+    for a, b in zip(rows["onnx"][1:], rows["eager"][1:]):
+        assert a[:4] + a[5:] == b[:4] + b[5:] and abs(float(a[4]) - float(b[4])) <= 2e-4
+
+
+def test_export_refuses_nan_parity(small_model, synth_dataset, tmp_path, monkeypatch):
+    from birdsound import export as ex
+    monkeypatch.setattr(ex, "parity", lambda ref, pred, w: {"windows": 1, "max_abs_diff": float("nan"),
+                                                            "top1_agreement": 1.0, "reference": None, "exported": None})
+    out = tmp_path / "m.pt"
+    r = CliRunner().invoke(main, ["export", small_model, "-o", str(out), "--calibration", synth_dataset, "--windows", "8"])
+    assert r.exit_code == 1 and "parity failed" in r.output and not out.exists()
