@@ -375,12 +375,12 @@ def listen(device, model_path, overlap, min_conf, sensitivity, top_n, include, e
     dopts = detect_options(model, min_conf, sensitivity, top_n, include, exclude, thresholds)
     try:
         s = run_listen(model, dopts, device, overlap, duration, min_hits, within, cooldown, log_path, clips_dir,
-                       pre_roll, post_roll, echo=lambda m: click.echo(m))
+                       pre_roll, post_roll, echo=lambda m: click.echo(m), echo_err=lambda m: click.echo(m, err=True))
     except LiveError as e:
         fail(str(e))
     click.echo(s.line(), err=True)
     if s.error:
-        sys.exit(1)
+        fail(s.error, code=1)
 
 
 DEFAULT_CALIBRATION = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "datasets",

@@ -29,6 +29,7 @@ from .stream import Windower, hop_samples
 
 BUFFER_S = 120.0  # audio the queue may hold while scoring catches up
 BLOCK_S = 0.1
+STALL_S = 10.0  # no audio for this long from an open stream is a device error
 
 
 class LiveError(Exception):
@@ -124,7 +125,8 @@ def listen(model: Classifier, opts: DetectOptions, device: str | None = None, ov
            duration_s: float | None = None, min_hits: int = 1, within_s: float = 0.0, cooldown_s: float = 0.0,
            log_path: str | None = None, clips_dir: str | None = None, pre_roll_s: float = 1.0,
            post_roll_s: float = 1.0, echo: Callable[[str], None] = print,
-           stop_event: threading.Event | None = None) -> LiveSummary:
+           stop_event: threading.Event | None = None,
+           echo_err: Callable[[str], None] = lambda m: None) -> LiveSummary:
     """Record and report until `duration_s` seconds of audio, Ctrl-C/SIGTERM, or a device error."""
     sd = _sd()
     dev, info = resolve_device(device)
@@ -139,7 +141,8 @@ def listen(model: Classifier, opts: DetectOptions, device: str | None = None, ov
     q: queue.Queue = queue.Queue()
     cap = int(BUFFER_S * rate)
     state = {"queued": 0, "received": 0, "overflows": 0, "dropped": 0}
-    done = stop_event or threading.Event()
+    stop = stop_event or threading.Event()  # the user asked to stop (Ctrl-C, SIGTERM, caller)
+    finished = threading.Event()  # PortAudio ended the stream (duration reached, or the device went away)
     summary = LiveSummary()
 
     def callback(indata, frames, time_info, status):  # PortAudio thread: copy only
@@ -159,7 +162,7 @@ def listen(model: Classifier, opts: DetectOptions, device: str | None = None, ov
 
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if threading.current_thread() is threading.main_thread() else {}
     for s in old:
-        signal.signal(s, lambda *_: done.set())
+        signal.signal(s, lambda *_: stop.set())
     windower = Windower(win, hop_samples(win, overlap_s, sr), batch=8)
     confirm = Confirmer(min_hits, within_s, cooldown_s)
     log = DetectionLog(log_path) if log_path else None
@@ -200,20 +203,26 @@ def listen(model: Classifier, opts: DetectOptions, device: str | None = None, ov
 
     try:
         stream = sd.InputStream(device=dev, channels=1, samplerate=rate, dtype="float32",
-                                blocksize=int(BLOCK_S * rate), callback=callback, finished_callback=done.set)
+                                blocksize=int(BLOCK_S * rate), callback=callback, finished_callback=finished.set)
     except Exception as e:
         raise LiveError(f"--device {device or dev_name}: cannot open input ({str(e).splitlines()[0]})") from None
+    echo_err(f"listening on '{dev_name}' at {rate} Hz ({'until ' + str(duration_s) + ' s of audio' if duration_s else 'Ctrl-C stops'})")
     try:
         with stream:
             t0 = time.time()
+            last_audio = time.monotonic()
             while True:
                 try:
                     x = q.get(timeout=0.2)
                 except queue.Empty:
-                    if done.is_set() or not stream.active:
+                    if finished.is_set() or not stream.active or (stop.is_set() and limit_in is None):
                         if q.empty():
                             break
+                    elif time.monotonic() - last_audio > STALL_S:
+                        summary.error = f"no audio from '{dev_name}' for {STALL_S:.0f} s"
+                        break
                     continue
+                last_audio = time.monotonic()
                 state["queued"] -= len(x)
                 if resampler is not None:
                     x = resampler.resample_chunk(x)
@@ -222,11 +231,14 @@ def listen(model: Classifier, opts: DetectOptions, device: str | None = None, ov
                 score(windower.push(x))
                 if clips_dir:
                     write_clips(False)
-                if done.is_set() and limit_in is None:
+                if stop.is_set() and limit_in is None:
                     break
+        reached = limit_in is not None and state["received"] >= limit_in
+        if not (summary.error or stop.is_set() or reached):
+            summary.error = (f"input device '{dev_name}' stopped delivering audio after {summary.audio_s:.1f} s "
+                             "(unplugged, or its sound server stopped)")
     except sd.PortAudioError as e:
         summary.error = f"audio device stopped: {str(e).splitlines()[0]}"
-        echo(f"error: {summary.error}; detections so far are saved")
     finally:
         if resampler is not None:
             tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
@@ -242,4 +254,8 @@ def listen(model: Classifier, opts: DetectOptions, device: str | None = None, ov
         for s, h in old.items():
             signal.signal(s, h)
     summary.overflows, summary.dropped_samples = state["overflows"], state["dropped"]
+    if summary.error:
+        saved = ", ".join(x for x in (f"log {log_path}" if log_path else "",
+                                      f"clips in {clips_dir}" if clips_dir else "") if x)
+        summary.error += f"; the {summary.detections} detections so far are saved" + (f" ({saved})" if saved else "")
     return summary

@@ -83,3 +83,45 @@ def test_no_device(tone_model, tmp_path):
         r = run_cli(*args, env=env)
         assert r.returncode != 0
         assert "no audio input device" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_device_disappearing_mid_stream_is_reported_and_detections_kept(tone_model, tmp_path):
+    """Clocked fake mic (PulseAudio null sink): a tone is heard, then the sound server dies."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import pulsemic
+
+    if not pulsemic.available():
+        pytest.skip("pulseaudio not installed (apt-get install pulseaudio pulseaudio-utils libasound2-plugins)")
+    wav = tmp_path / "tone.wav"
+    sf.write(str(wav), tone_signal(1.0, [(0.2, 0.7, 3000.0)]), SR, subtype="FLOAT")
+    db = tmp_path / "det.sqlite"
+    with pulsemic.PulseMic(SR) as mic:
+        env = {**os.environ, **mic.env}
+        env.pop("ALSA_CONFIG_PATH", None)
+        p = subprocess.Popen([sys.executable, "-m", "birdsound", "listen", "-m", tone_model, "--log", str(db),
+                              "--cooldown", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        err: list[str] = []
+        ready = threading.Event()
+
+        def read_err():
+            for line in p.stderr:
+                err.append(line)
+                if line.startswith("listening on"):
+                    ready.set()
+        threading.Thread(target=read_err, daemon=True).start()
+        assert ready.wait(60), "".join(err)
+        mic.play(str(wav))
+        line = p.stdout.readline()  # the detection, printed once its window has ended
+        time.sleep(0.5)
+        mic.kill()
+        rc = p.wait(30)
+    assert "Testus altus_High Tone" in line
+    text = "".join(err)
+    assert rc == 1 and "stopped delivering audio" in text and "detections so far are saved" in text, text
+    assert "Traceback" not in text
+    rows = sqlite3.connect(db).execute("SELECT scientific_name FROM detections").fetchall()
+    assert rows == [("Testus altus",)]

@@ -1,0 +1,260 @@
+"""Throughput benchmark of `birdsound analyze`; prints JSON (not part of the test suite).
+
+    python scripts/bench.py                     # 1 h WAV/FLAC/MP3 + 24 h WAV, stages, latency
+    python scripts/bench.py --quick             # 10 min files, no 24 h file
+    python scripts/bench.py --peer birdnet      # also BirdNET (../shared/peer) on the same 48 kHz file
+
+Inputs are built once in --work (default /tmp/birdsound-bench) by looping real recordings from
+../shared/data (a synthesized signal where that is absent): 32 kHz WAV of 1 h and 24 h,
+1 h FLAC, 1 h MP3 at 48 kHz (and a 48 kHz WAV for the side-by-side with BirdNET).
+Every end-to-end figure is a fresh `birdsound analyze` process (outputs written, overlap 0):
+x real time and its peak RSS (ru_maxrss of that process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import soundfile as sf
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SHARED = os.path.join(ROOT, "..", "shared")
+BLOCK_S = 60
+
+
+def source_audio(rate: int, seconds: float = 600.0) -> np.ndarray:
+    """About `seconds` of real recordings (concatenated) at `rate`, or synthesized birdsong-like audio."""
+    from birdsound import audio
+
+    files = sorted(glob.glob(os.path.join(SHARED, "data", "british_birdsong_xc", "audio", "*.flac")))
+    parts, n = [], 0
+    for p in files:
+        try:
+            x = audio.load(p, rate)
+        except audio.AudioError:
+            continue
+        parts.append(x)
+        n += len(x)
+        if n >= seconds * rate:
+            break
+    if parts:
+        return np.concatenate(parts)[: int(seconds * rate)]
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * rate)) / rate
+    x = 0.01 * rng.standard_normal(len(t)) + 0.2 * np.sin(2 * np.pi * (3000 + 800 * np.sin(2 * np.pi * 3 * t)) * t) * (
+        np.sin(2 * np.pi * 0.2 * t) > 0.6)
+    return x.astype(np.float32)
+
+
+def make_long(path: str, hours: float, rate: int, fmt: str, subtype: str | None = None) -> str:
+    """Loop real audio into a `hours`-long file (built once, then reused)."""
+    if os.path.exists(path) and sf.info(path).duration >= hours * 3600 - 1:
+        return path
+    src = source_audio(rate)
+    total = int(hours * 3600 * rate)
+    tmp = path + ".part"
+    with sf.SoundFile(tmp, "w", rate, 1, format=fmt, subtype=subtype) as f:
+        done = 0
+        while done < total:
+            n = min(len(src), total - done)
+            f.write(src[:n])
+            done += n
+    os.replace(tmp, path)
+    return path
+
+
+def run_analyze(path: str, out_dir: str, extra: list[str]) -> dict:
+    """One fresh `birdsound analyze` process: wall time, x real time, peak RSS (MB)."""
+    cmd = [sys.executable, "-m", "birdsound", "analyze", path, "-o", out_dir, "--rtype", "csv", "-q", *extra]
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t
+    err = p.stderr.read()
+    if status != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {err[-500:]}")
+    dur = sf.info(path).duration
+    return {"file": os.path.basename(path), "args": " ".join(extra), "audio_s": round(dur, 1), "wall_s": round(wall, 2),
+            "x_realtime": round(dur / wall, 1), "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),
+            "summary": err.strip().splitlines()[-1]}
+
+
+def stage_breakdown(path: str, seconds: float = 600.0) -> dict:
+    """Single-thread seconds per hour of audio for each stage of the pipeline, and their shares."""
+    import soxr
+    import torch
+
+    from birdsound import audio, outputs
+    from birdsound.detect import DetectOptions, detect
+    from birdsound.model import DEFAULT_MODEL_PATH, load_checkpoint
+    from birdsound.stream import windows_from_blocks
+
+    torch.set_num_threads(1)
+    net, meta = load_checkpoint(DEFAULT_MODEL_PATH)
+    sr, win = meta.sample_rate, meta.window_samples
+    info = sf.info(path)
+    frames = int(min(seconds, info.duration) * info.samplerate)
+    t = {}
+    t0 = time.perf_counter()
+    blocks = []
+    with sf.SoundFile(path) as f:
+        while f.tell() < frames:
+            b = f.read(min(int(30 * info.samplerate), frames - f.tell()), dtype="float32", always_2d=True)
+            blocks.append(audio.to_mono(b))
+    t["decode"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if info.samplerate != sr:
+        rs = soxr.ResampleStream(info.samplerate, sr, 1, dtype="float32", quality="HQ")
+        blocks = [rs.resample_chunk(b, last=i == len(blocks) - 1) for i, b in enumerate(blocks)]
+    t["resample"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    batches = list(windows_from_blocks(blocks, win, win))
+    t["window"] = time.perf_counter() - t0
+    mels, probs = [], []
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for wb in batches:
+            mels.append(net.frontend(torch.from_numpy(wb.windows)))
+        t["mel"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for m in mels:
+            probs.append(torch.sigmoid(net.head(net.backbone(m))).numpy())
+        t["cnn"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dets = []
+    for wb, p in zip(batches, probs):
+        dets += detect(wb.starts / sr, (wb.starts + wb.lengths) / sr, p, meta.labels, DetectOptions())
+    text = outputs.render("table", [outputs.FileResult(path, frames / info.samplerate, dets)], meta.to_dict())
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+        f.write(text)
+    t["detect_write"] = time.perf_counter() - t0
+    total = sum(t.values())
+    per_hour = 3600 / (frames / info.samplerate)
+    return {"file": os.path.basename(path), "audio_s": frames / info.samplerate, "threads": 1,
+            "s_per_audio_hour": {k: round(v * per_hour, 3) for k, v in t.items()},
+            "share": {k: round(v / total, 3) for k, v in t.items()},
+            "x_realtime_one_core": round(frames / info.samplerate / total, 1)}
+
+
+def latency_table(work: str) -> list[dict]:
+    """Per-window latency (ms) of eager, TorchScript, int8 lite and ONNX at batch 1/32, 1/2 threads."""
+    import torch
+
+    from birdsound import export as ex
+    from birdsound.model import DEFAULT_MODEL_PATH, ProbabilityModel, load_checkpoint
+    from birdsound.runtime import load_model
+
+    warnings.filterwarnings("ignore")
+    net, meta = load_checkpoint(DEFAULT_MODEL_PATH)
+    manifest = os.path.join(ROOT, "datasets", "xc_train_manifest.csv")
+    try:
+        wins, labels = ex.calibration_windows([manifest], meta.sample_rate, meta.window_samples, 256)
+    except Exception:
+        wins, labels = np.random.default_rng(0).standard_normal((256, meta.window_samples)).astype(np.float32) * 0.1, []
+    models = {"eager": ProbabilityModel(net).eval()}
+    for name, fmt, q, ext in (("torchscript", "torchscript", "none", "pt"), ("lite_int8", "lite", "int8", "ptl"),
+                              ("onnx", "onnx", "none", "onnx")):
+        path = os.path.join(work, f"default_{name}.{ext}")
+        try:
+            ex.export(net, meta, path, fmt, q, wins, labels)
+            models[name] = load_model(path, threads=1)
+        except Exception as e:  # e.g. the onnx extra not installed
+            print(f"skip {name}: {e}", file=sys.stderr)
+    rows = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for name, m in models.items():
+            if name != "eager" and m.kind == "onnx":
+                m = load_model(m.path, threads=threads)
+            predict = m.predict if name != "eager" else (lambda x, mod=m: mod(torch.from_numpy(x)).numpy())
+            row = {"model": name, "threads": threads}
+            with torch.inference_mode():
+                for b in (1, 32):
+                    x = wins[:b]
+                    predict(x)
+                    reps = max(3, 64 // b)
+                    t0 = time.perf_counter()
+                    for _ in range(reps):
+                        predict(x)
+                    row[f"ms_per_window_b{b}"] = round((time.perf_counter() - t0) / reps / b * 1000, 3)
+            rows.append(row)
+    return rows
+
+
+def run_peer(path: str, threads: int = 2) -> dict:
+    """BirdNET V2.4 (TFLite) through ../shared/peer on `path`; its JSON line."""
+    peer = os.path.join(SHARED, "peer")
+    if not os.path.exists(os.path.join(peer, "birdnet_run.py")):
+        return {"error": f"{peer} not found"}
+    venv = os.environ.get("PEER_VENV", "/tmp/peer-venv")
+    if not os.path.exists(os.path.join(venv, "bin", "python")):
+        subprocess.run(["bash", os.path.join(peer, "setup.sh")], check=True, capture_output=True)
+    with tempfile.TemporaryDirectory() as d:
+        p = subprocess.run([os.path.join(venv, "bin", "python"), os.path.join(peer, "birdnet_run.py"), path,
+                            "--threads", str(threads), "--batch", "8", "--min-conf", "0.25",
+                            "--out", os.path.join(d, "birdnet.csv")], capture_output=True, text=True)
+    if p.returncode != 0:
+        return {"error": p.stderr[-300:]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default="/tmp/birdsound-bench", help="where the long inputs are built and kept")
+    ap.add_argument("--quick", action="store_true", help="10 min inputs, no 24 h file")
+    ap.add_argument("--no-24h", action="store_true")
+    ap.add_argument("--peer", choices=["birdnet"], default=None, help="also run BirdNET on the 48 kHz file")
+    ap.add_argument("--skip-latency", action="store_true")
+    a = ap.parse_args()
+    os.makedirs(a.work, exist_ok=True)
+    h = 1 / 6 if a.quick else 1.0
+    tag = "10min" if a.quick else "1h"
+    files = {
+        f"wav32k_{tag}": make_long(os.path.join(a.work, f"wav32k_{tag}.wav"), h, 32000, "WAV", "PCM_16"),
+        f"flac32k_{tag}": make_long(os.path.join(a.work, f"flac32k_{tag}.flac"), h, 32000, "FLAC", "PCM_16"),
+        f"mp3_48k_{tag}": make_long(os.path.join(a.work, f"mp3_48k_{tag}.mp3"), h, 48000, "MP3", "MPEG_LAYER_III"),
+        f"wav48k_{tag}": make_long(os.path.join(a.work, f"wav48k_{tag}.wav"), h, 48000, "WAV", "PCM_16"),
+    }
+    if not (a.quick or a.no_24h):
+        files["wav32k_24h"] = make_long(os.path.join(a.work, "wav32k_24h.wav"), 24.0, 32000, "WAV", "PCM_16")
+    onnx = os.path.join(a.work, "default.onnx")
+    if not os.path.exists(onnx):
+        subprocess.run([sys.executable, "-m", "birdsound", "export", "-o", onnx, "--format", "onnx"],
+                       check=True, capture_output=True)
+    result: dict = {"machine": {"cores": os.cpu_count()}, "analyze": []}
+    out = tempfile.mkdtemp(prefix="bench-out-")
+    for name, path in files.items():
+        with open(path, "rb") as f:  # warm the page cache, as for a second pass over a disk
+            while f.read(1 << 24):
+                pass
+        result["analyze"].append({"input": name, "model": "default (torch)", **run_analyze(path, out, [])})
+        if name.startswith(("wav32k", "mp3")):
+            result["analyze"].append({"input": name, "model": "default exported to ONNX",
+                                      **run_analyze(path, out, ["-m", onnx])})
+    result["analyze"].append({"input": f"wav32k_{tag}", "model": "default (torch), 1 worker 1 thread",
+                              **run_analyze(files[f"wav32k_{tag}"], out, ["--workers", "1", "--threads", "1"])})
+    result["stages"] = [stage_breakdown(files[f"wav32k_{tag}"]), stage_breakdown(files[f"mp3_48k_{tag}"])]
+    if not a.skip_latency:
+        result["latency"] = latency_table(a.work)
+    if a.peer:
+        peer = run_peer(files[f"wav48k_{tag}"])
+        ours = run_analyze(files[f"wav48k_{tag}"], out, [])
+        result["peer"] = {"file": f"wav48k_{tag}", "birdnet": peer, "birdsound": ours}
+        if "realtime_factor" in peer:
+            result["peer"]["speed_ratio_birdsound_over_birdnet"] = round(ours["x_realtime"] / peer["realtime_factor"], 1)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
