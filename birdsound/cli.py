@@ -370,7 +370,11 @@ def listen(device, model_path, overlap, min_conf, sensitivity, top_n, include, e
     from .listen import LiveError
     from .listen import listen as run_listen
 
-    model = load_model_or_fail(model_path)
+    model = load_model_or_fail(model_path, threads=1)
+    if model.kind != "onnx":
+        import torch
+
+        torch.set_num_threads(1)  # one window per hop is light; idle OpenMP threads would spin (~10% of a core)
     check_overlap(model, overlap)
     dopts = detect_options(model, min_conf, sensitivity, top_n, include, exclude, thresholds)
     try:
