@@ -12,4 +12,5 @@ birdsound train datasets/xc_train_manifest.csv -o runs/default --steps 4500 --se
   --model-version birdsound-xc69-v1 \
   --license "CC BY-NC-SA 4.0 (non-commercial; inherited from the CC BY-NC(-SA/-ND) training recordings)"
 cp runs/default/model.pt models/birdsound_default.pt
-echo "shipped models/birdsound_default.pt; update models/MODEL_CARD.md from runs/default/MODEL_CARD.md and runs/cv/metrics.json"
+python scripts/make_model_card.py --cv runs/cv/metrics.json   # models/MODEL_CARD.md = CARD_HEADER.md + metrics + attributions
+echo "shipped models/birdsound_default.pt and models/MODEL_CARD.md"
