@@ -74,6 +74,8 @@ def to_mono(block: np.ndarray, channel: int | None = None) -> np.ndarray:
     """Mix a ``[frames, channels]`` block down to mono, or pick one channel (0-based)."""
     if block.ndim == 1:
         return block
+    if block.shape[1] == 1:
+        return block[:, 0]
     if channel is not None:
         return block[:, channel]
     return block.mean(axis=1)

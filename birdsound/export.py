@@ -122,17 +122,21 @@ def save_onnx(module: nn.Module, meta: dict, path: str, window_samples: int) -> 
         raise ExportError("--format onnx needs the onnx extra: pip install 'birdsound[onnx]'") from None
     from .runtime import ONNX_METADATA_KEY
 
+    from . import features
+
     wrapped = ProbabilityModel(module).eval()
     tmp = f"{path}.part{os.getpid()}"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logger("torch.onnx"):
             warnings.simplefilter("ignore")
+            features.SORT_MEDIAN = True
             # optimize=False: the exporter's optimizer drops ``+ LOG_EPS`` (1e-8 "is close to 0"),
             # which gives log(0) = -inf and NaN on digital silence; onnxruntime optimizes the graph itself.
             prog = torch.onnx.export(wrapped, (torch.zeros(2, window_samples),), dynamo=True, optimize=False,
                                      input_names=["pcm"], output_names=["probabilities"], opset_version=18,
                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
+        features.SORT_MEDIAN = False
         model = prog.model_proto
         onnx.helper.set_model_props(model, {ONNX_METADATA_KEY: json.dumps(meta)})
         onnx.save_model(model, tmp)
@@ -142,6 +146,7 @@ def save_onnx(module: nn.Module, meta: dict, path: str, window_samples: int) -> 
     except Exception as e:
         raise ExportError(f"{path}: ONNX export failed ({str(e).strip().splitlines()[0][:300]})") from None
     finally:
+        features.SORT_MEDIAN = False
         if os.path.exists(tmp):
             os.remove(tmp)
 

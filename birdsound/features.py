@@ -19,6 +19,7 @@ N_MELS = 64
 FMIN_HZ = 150.0
 FMAX_HZ = 15000.0
 LOG_EPS = 1e-8
+SORT_MEDIAN = False  # set by the ONNX export only (median via sort: same values, 2.5x slower in torch)
 
 
 def n_frames(n_samples: int, hop: int = HOP_SAMPLES, n_fft: int = N_FFT) -> int:
@@ -50,8 +51,11 @@ class MelFrontEnd(nn.Module):
     def normalize(power: torch.Tensor) -> torch.Tensor:
         """``[B, n_mels, T]`` mel power -> ``[B, 1, n_mels, T]`` median-normalised log-mel."""
         logmel = torch.log(power + LOG_EPS)
-        mid = (logmel.shape[-1] - 1) // 2  # the lower median, as torch.median; sort exports to ONNX
-        med = torch.sort(logmel, dim=-1).values[..., mid:mid + 1]
+        if SORT_MEDIAN:  # ONNX has no median; the lower middle of the sorted values is the same number
+            mid = (logmel.shape[-1] - 1) // 2
+            med = torch.sort(logmel, dim=-1).values[..., mid:mid + 1]
+        else:
+            med = torch.median(logmel, dim=-1, keepdim=True).values
         return (logmel - med).unsqueeze(1)
 
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:

@@ -159,9 +159,9 @@ def latency_table(work: str) -> list[dict]:
     net, meta = load_checkpoint(DEFAULT_MODEL_PATH)
     manifest = os.path.join(ROOT, "datasets", "xc_train_manifest.csv")
     try:
-        wins, labels = ex.calibration_windows([manifest], meta.sample_rate, meta.window_samples, 256)
+        wins, labels = ex.calibration_windows([manifest], meta.sample_rate, meta.window_samples, 512)
     except Exception:
-        wins, labels = np.random.default_rng(0).standard_normal((256, meta.window_samples)).astype(np.float32) * 0.1, []
+        wins, labels = np.random.default_rng(0).standard_normal((512, meta.window_samples)).astype(np.float32) * 0.1, []
     models = {"eager": ProbabilityModel(net).eval()}
     for name, fmt, q, ext in (("torchscript", "torchscript", "none", "pt"), ("lite_int8", "lite", "int8", "ptl"),
                               ("onnx", "onnx", "none", "onnx")):
