@@ -83,17 +83,17 @@ def chunk_windows(chunk: Chunk, sample_rate: int, window: int, hop: int, channel
                   batch: int = DEFAULT_BATCH) -> Iterator:
     """Window batches of one chunk, with start offsets in samples of the whole file."""
     offset = chunk.first * hop
-    if chunk.first == 0:
-        start_frame, skip = 0, 0
-    else:
-        src_rate = audio.info(chunk.path).sample_rate
-        skip = _margin(sample_rate, src_rate)
-        start_frame = (offset - skip) * src_rate // sample_rate
+    start_frame = skip = 0
     stop_frame = None
-    if chunk.count is not None:
+    if chunk.first or chunk.count is not None:
         src_rate = audio.info(chunk.path).sample_rate
-        end = (chunk.first + chunk.count - 1) * hop + window + _margin(sample_rate, src_rate)
-        stop_frame = -(-end * src_rate // sample_rate) + 1
+        margin = _margin(sample_rate, src_rate)
+        if chunk.first:
+            skip = margin
+            start_frame = (offset - skip) * src_rate // sample_rate
+        if chunk.count is not None:
+            end = (chunk.first + chunk.count - 1) * hop + window + margin
+            stop_frame = -(-end * src_rate // sample_rate) + 1
     w = Windower(window, hop, batch, resumed=chunk.first > 0)
     left = chunk.count
     for block in audio.read_blocks(chunk.path, sample_rate, channel, start_frame=start_frame, stop_frame=stop_frame):
