@@ -52,6 +52,7 @@ class Chunk:
     first: int
     count: int | None
     duration_s: float  # audio seconds this chunk accounts for (progress)
+    source_rate: int  # the file's sample rate (Hz)
 
 
 def plan_chunks(path: str, info: audio.AudioInfo, sample_rate: int, window: int, hop: int,
@@ -68,9 +69,10 @@ def plan_chunks(path: str, info: audio.AudioInfo, sample_rate: int, window: int,
     first = 0
     # a chunk other than the last must end (with margin and 1 s to spare) inside the file
     while (first + per - 1) * hop + window + margin + sample_rate <= n_est:
-        chunks.append(Chunk(path, len(chunks), first, per, per * hop / sample_rate))
+        chunks.append(Chunk(path, len(chunks), first, per, per * hop / sample_rate, info.sample_rate))
         first += per
-    chunks.append(Chunk(path, len(chunks), first, None, max(0.0, info.duration_s - first * hop / sample_rate)))
+    chunks.append(Chunk(path, len(chunks), first, None, max(0.0, info.duration_s - first * hop / sample_rate),
+                        info.sample_rate))
     return chunks
 
 
@@ -86,7 +88,7 @@ def chunk_windows(chunk: Chunk, sample_rate: int, window: int, hop: int, channel
     start_frame = skip = 0
     stop_frame = None
     if chunk.first or chunk.count is not None:
-        src_rate = audio.info(chunk.path).sample_rate
+        src_rate = chunk.source_rate
         margin = _margin(sample_rate, src_rate)
         if chunk.first:
             skip = margin
@@ -141,19 +143,6 @@ def file_result(path: str, info: audio.AudioInfo, chunk_dets: list[list[Detectio
         dets = merge_consecutive(dets)
     return outputs.FileResult(path, info.duration_s, dets, low_freq_hz=opts.fmin_hz or 0.0,
                               high_freq_hz=opts.fmax_hz or min(15000.0, sample_rate / 2))
-
-
-def analyze_file(model: Classifier, path: str, opts: AnalyzeOptions) -> outputs.FileResult:
-    """Detections of one file, chunk after chunk in this thread.
-
-    Times follow the window rule of :mod:`birdsound.stream`: start = k*hop / rate,
-    end = min(k*hop + window, N) / rate, with N the number of model-rate samples.
-    Raises :class:`birdsound.audio.AudioError` for unreadable audio.
-    """
-    info = audio.info(path)
-    sr, win = model.meta.sample_rate, model.meta.window_samples
-    chunks = plan_chunks(path, info, sr, win, hop_samples(win, opts.overlap_s, sr))
-    return file_result(path, info, [analyze_chunk(model, c, opts) for c in chunks], opts, sr)
 
 
 @dataclass
@@ -264,6 +253,7 @@ def run(model: Classifier, inputs: list[tuple[str, str]], out_dir: str | None, r
     submit, as_completed, close = (dask_executor(model, opts, dask, workers) if dask is not None
                                    else local_executor(model, opts, workers))
     results: dict[int, outputs.FileResult] = {}
+    meta = model.meta.to_dict()
     try:
         futures = {}
         for i, (_, _, _, chunks) in plans.items():
@@ -295,7 +285,7 @@ def run(model: Classifier, inputs: list[tuple[str, str]], out_dir: str | None, r
                 summary.detections += len(res.detections)
                 if not combine:
                     for rtype, p in outputs_for(path, root, out_dir, rtypes).items():
-                        outputs.atomic_write(p, outputs.render(rtype, [res], model.meta.to_dict()))
+                        outputs.atomic_write(p, outputs.render(rtype, [res], meta))
                 if plot:
                     _plot(model, res, root, out_dir, report)
     finally:
@@ -310,7 +300,7 @@ def run(model: Classifier, inputs: list[tuple[str, str]], out_dir: str | None, r
         folder = out_dir or os.path.dirname(inputs[0][0]) or "."
         for rtype in rtypes:
             outputs.atomic_write(os.path.join(folder, outputs.COMBINED_NAME[rtype]),
-                                 outputs.render(rtype, combined, model.meta.to_dict()))
+                                 outputs.render(rtype, combined, meta))
     summary.wall_s = time.time() - t0
     return summary
 

@@ -22,12 +22,19 @@ def fail(msg: str, code: int = 2) -> None:
 
 
 def load_model_or_fail(path: str | None, threads: int | None = None):
+    """Open a model file, or exit with one line; `threads` also sets torch's (process-wide) threads
+    for torch models (ONNX models run without torch)."""
     from .runtime import ModelError, load_model
 
     try:
-        return load_model(path, threads=threads)
+        model = load_model(path, threads=threads)
     except ModelError as e:
         fail(f"--model {e}")
+    if threads and model.kind != "onnx":
+        import torch
+
+        torch.set_num_threads(threads)
+    return model
 
 
 def detect_options(model, min_conf, sensitivity, top_n, include, exclude, thresholds) -> DetectOptions:
@@ -131,10 +138,6 @@ def analyze(paths, out_dir, model_path, overlap, min_conf, sensitivity, top_n, i
     workers = workers or os.cpu_count() or 1
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     model = load_model_or_fail(model_path, threads=threads)
-    if model.kind != "onnx":  # ONNX models run without torch
-        import torch
-
-        torch.set_num_threads(threads)
     check_overlap(model, overlap)
     if fmin is not None and fmax is not None and fmin >= fmax:
         fail(f"--fmin {fmin} must be below --fmax {fmax}")
@@ -370,11 +373,8 @@ def listen(device, model_path, overlap, min_conf, sensitivity, top_n, include, e
     from .listen import LiveError
     from .listen import listen as run_listen
 
+    # one thread: one window per hop is light, and idle OpenMP threads would spin (~10 % of a core)
     model = load_model_or_fail(model_path, threads=1)
-    if model.kind != "onnx":
-        import torch
-
-        torch.set_num_threads(1)  # one window per hop is light; idle OpenMP threads would spin (~10% of a core)
     check_overlap(model, overlap)
     dopts = detect_options(model, min_conf, sensitivity, top_n, include, exclude, thresholds)
     try:

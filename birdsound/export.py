@@ -136,7 +136,6 @@ def save_onnx(module: nn.Module, meta: dict, path: str, window_samples: int) -> 
             prog = torch.onnx.export(wrapped, (torch.zeros(2, window_samples),), dynamo=True, optimize=False,
                                      input_names=["pcm"], output_names=["probabilities"], opset_version=18,
                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
-        features.SORT_MEDIAN = False
         model = prog.model_proto
         onnx.helper.set_model_props(model, {ONNX_METADATA_KEY: json.dumps(meta)})
         onnx.save_model(model, tmp)
