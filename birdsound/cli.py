@@ -21,13 +21,13 @@ def fail(msg: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def load_model_or_fail(path: str | None, threads: int | None = None):
-    """Open a model file, or exit with one line; `threads` also sets torch's (process-wide) threads
-    for torch models (ONNX models run without torch)."""
-    from .runtime import ModelError, load_model
+def load_model_or_fail(path: str | None, threads: int | None = None, fast: bool = False):
+    """Open a model file (None: the shipped one, its ONNX export with `fast`), or exit with one line;
+    `threads` also sets torch's (process-wide) threads for torch models (ONNX models run without torch)."""
+    from .runtime import ModelError, default_model_path, load_model
 
     try:
-        model = load_model(path, threads=threads)
+        model = load_model(path or default_model_path(fast), threads=threads)
     except ModelError as e:
         fail(f"--model {e}")
     if threads and model.kind != "onnx":
@@ -53,7 +53,8 @@ def detection_flags(f):
     """Options shared by analyze and listen (same rules for batch and live)."""
     opts = [
         click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False),
-                     help="Model file: birdsound checkpoint or exported .pt/.ptl (default: shipped model)."),
+                     help="Model file: birdsound checkpoint, exported .pt/.ptl or .onnx (default: the shipped model; "
+                          "analyze and listen run its ONNX export with onnxruntime)."),
         click.option("--overlap", type=float, default=0.0, show_default=True,
                      help="Overlap of consecutive windows in seconds (0 to window - 0.1)."),
         click.option("--min-conf", type=click.FloatRange(0.0, 1.0), default=DEFAULT_MIN_CONF, show_default=True,
@@ -137,7 +138,7 @@ def analyze(paths, out_dir, model_path, overlap, min_conf, sensitivity, top_n, i
 
     workers = workers or os.cpu_count() or 1
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
-    model = load_model_or_fail(model_path, threads=threads)
+    model = load_model_or_fail(model_path, threads=threads, fast=True)
     check_overlap(model, overlap)
     if fmin is not None and fmax is not None and fmin >= fmax:
         fail(f"--fmin {fmin} must be below --fmax {fmax}")
@@ -374,7 +375,7 @@ def listen(device, model_path, overlap, min_conf, sensitivity, top_n, include, e
     from .listen import listen as run_listen
 
     # one thread: one window per hop is light, and idle OpenMP threads would spin (~10 % of a core)
-    model = load_model_or_fail(model_path, threads=1)
+    model = load_model_or_fail(model_path, threads=1, fast=True)
     check_overlap(model, overlap)
     dopts = detect_options(model, min_conf, sensitivity, top_n, include, exclude, thresholds)
     try:

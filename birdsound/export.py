@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .features import MelFrontEnd
 from .model import BirdNetLite, Metadata, ProbabilityModel
 
 FORMATS = ("torchscript", "lite", "onnx")
@@ -122,15 +123,16 @@ def save_onnx(module: nn.Module, meta: dict, path: str, window_samples: int) -> 
         raise ExportError("--format onnx needs the onnx extra: pip install 'birdsound[onnx]'") from None
     from .runtime import ONNX_METADATA_KEY
 
-    from . import features
-
+    module = copy.deepcopy(module)
+    for m in module.modules():
+        if isinstance(m, MelFrontEnd):
+            m.make_portable()
     wrapped = ProbabilityModel(module).eval()
     tmp = f"{path}.part{os.getpid()}"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logger("torch.onnx"):
             warnings.simplefilter("ignore")
-            features.SORT_MEDIAN = True
             # optimize=False: the exporter's optimizer drops ``+ LOG_EPS`` (1e-8 "is close to 0"),
             # which gives log(0) = -inf and NaN on digital silence; onnxruntime optimizes the graph itself.
             prog = torch.onnx.export(wrapped, (torch.zeros(2, window_samples),), dynamo=True, optimize=False,
@@ -145,7 +147,6 @@ def save_onnx(module: nn.Module, meta: dict, path: str, window_samples: int) -> 
     except Exception as e:
         raise ExportError(f"{path}: ONNX export failed ({str(e).strip().splitlines()[0][:300]})") from None
     finally:
-        features.SORT_MEDIAN = False
         if os.path.exists(tmp):
             os.remove(tmp)
 

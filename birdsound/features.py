@@ -5,9 +5,16 @@ It is split in two steps so training can precompute the (expensive, augmentation
 power mel once per recording and apply augmentations in the power domain:
 
 ``pcm [B, S] --power_mel--> [B, N_MELS, T] --normalize--> [B, 1, N_MELS, T]``
+
+After ``make_portable()`` (exports to ONNX and ExecuTorch) the same numbers come from
+real-valued operations only: the FFT as two matrix products (:class:`MatmulMel`) and the
+median as a sort. Runtimes without complex tensors accept that graph, and onnxruntime runs it
+2.5x faster than its STFT operator; torch itself is faster with ``torch.stft``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torchaudio
@@ -19,7 +26,6 @@ N_MELS = 64
 FMIN_HZ = 150.0
 FMAX_HZ = 15000.0
 LOG_EPS = 1e-8
-SORT_MEDIAN = False  # set by the ONNX export only (median via sort: same values, 2.5x slower in torch)
 
 
 def n_frames(n_samples: int, hop: int = HOP_SAMPLES, n_fft: int = N_FFT) -> int:
@@ -32,6 +38,7 @@ class MelFrontEnd(nn.Module):
 
     Subtracting each mel bin's median over the window removes the stationary background
     and the recording channel's colouring, so the network sees what changes: the bird.
+    :meth:`make_portable` switches to the real-valued formulation for exports (nothing saved changes).
     """
 
     def __init__(self, sample_rate: int, n_mels: int = N_MELS, n_fft: int = N_FFT,
@@ -42,21 +49,83 @@ class MelFrontEnd(nn.Module):
             f_max=min(fmax, sample_rate / 2), n_mels=n_mels, center=False, power=2.0,
             norm="slaney", mel_scale="slaney",
         )
+        self.matmul: nn.Module | None = None
+
+    def make_portable(self) -> "MelFrontEnd":
+        """Compute with real-valued operations only (FFT as matrix products, median as a sort)."""
+        self.matmul = MatmulMel(self.mel)
+        return self
 
     def power_mel(self, pcm: torch.Tensor) -> torch.Tensor:
         """``[B, S]`` float PCM -> ``[B, n_mels, T]`` mel power."""
+        if self.matmul is not None:
+            return self.matmul(pcm)
         return self.mel(pcm)
 
-    @staticmethod
-    def normalize(power: torch.Tensor) -> torch.Tensor:
+    def normalize(self, power: torch.Tensor) -> torch.Tensor:
         """``[B, n_mels, T]`` mel power -> ``[B, 1, n_mels, T]`` median-normalised log-mel."""
         logmel = torch.log(power + LOG_EPS)
-        if SORT_MEDIAN:  # ONNX has no median; the lower middle of the sorted values is the same number
+        if self.matmul is not None:  # ONNX has no median: it is the largest of the mid+1 smallest values
             mid = (logmel.shape[-1] - 1) // 2
-            med = torch.sort(logmel, dim=-1).values[..., mid:mid + 1]
+            med = torch.topk(logmel, mid + 1, dim=-1, largest=False, sorted=False).values.amax(-1, keepdim=True)
         else:
             med = torch.median(logmel, dim=-1, keepdim=True).values
         return (logmel - med).unsqueeze(1)
 
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:
         return self.normalize(self.power_mel(pcm))
+
+
+class MatmulMel(nn.Module):
+    """Power mel of a torchaudio ``MelSpectrogram`` (``center=False``, power 2, periodic Hann,
+    power-of-two ``n_fft``) computed with real matrix products only.
+
+    The FFT is split Cooley-Tukey style: with ``n = N2*a + b`` and ``k = k1 + N1*k2``
+    (``N1*N2 = n_fft``), a first DFT over ``a`` gives ``Y[k1, b]``; the twiddle ``e^{-2pi i k1 b/n_fft}``
+    and the second DFT over ``b`` fold into one matrix per ``k1``. Frames are gathered with the
+    batch innermost so each stage is one large matrix product, about 40 MFLOPs per 3 s window
+    at 32 kHz. Only the bins the mel filters use are computed. Matches ``torch.stft`` to ~2e-7
+    of the peak power.
+    """
+
+    def __init__(self, mel):
+        super().__init__()
+        spec, fb = mel.spectrogram, mel.mel_scale.fb  # fb: [n_fft//2 + 1, n_mels]
+        n_fft, hop = spec.n_fft, spec.hop_length
+        if n_fft & (n_fft - 1) or spec.center or spec.power != 2.0:
+            raise ValueError("MatmulMel needs a power-of-two n_fft, center=False and power 2")
+        n1 = 1 << (int(math.log2(n_fft)) // 2)
+        n2 = n_fft // n1
+        used = int(torch.nonzero(fb.abs().sum(1)).max()) + 1  # bins 0 .. used-1 carry weight
+        k2n = -(-used // n1)
+        self.n_fft, self.hop, self.n1, self.n2, self.k2n = n_fft, hop, n1, n2, k2n
+        d = torch.float64
+        a, b = torch.arange(n1, dtype=d), torch.arange(n2, dtype=d)
+        k1, k2 = torch.arange(n1, dtype=d), torch.arange(k2n, dtype=d)
+        self.register_buffer("win", spec.window.to(d).reshape(n1, n2, 1, 1).float(), persistent=False)
+        ang = -2 * math.pi * torch.outer(k1, a) / n1
+        self.register_buffer("fa", torch.cat([torch.cos(ang), torch.sin(ang)]).float(), persistent=False)
+        ph = -2 * math.pi * (k1[:, None, None] * b[None, None, :] / n_fft + b * k2[:, None] / n2)  # [k1, k2, b]
+        gr, gi = torch.cos(ph), torch.sin(ph)
+        # real = yr*gr - yi*gi, imag = yr*gi + yi*gr, stacked as rows [real k2 ..., imag k2 ...]
+        self.register_buffer("g_re", torch.cat([gr, gi], 1).float(), persistent=False)
+        self.register_buffer("g_im", torch.cat([-gi, gr], 1).float(), persistent=False)
+        k = (k1.long()[:, None] + n1 * k2.long()).reshape(-1)
+        fbk = torch.zeros(len(k), fb.shape[1], dtype=fb.dtype)
+        keep = k < fb.shape[0]
+        fbk[keep] = fb[k[keep]]
+        self.register_buffer("fb_t", fbk.t().contiguous(), persistent=False)  # [n_mels, k1*k2]
+
+    def forward(self, pcm: torch.Tensor) -> torch.Tensor:
+        """``[B, S]`` -> ``[B, n_mels, T]``."""
+        batch, n = pcm.shape[0], pcm.shape[-1]
+        frames = 1 + (n - self.n_fft) // self.hop
+        idx = (torch.arange(frames, device=pcm.device) * self.hop
+               + (torch.arange(self.n1, device=pcm.device) * self.n2)[:, None, None]
+               + torch.arange(self.n2, device=pcm.device)[:, None])  # [a, b, T]
+        x = (pcm.t()[idx] * self.win).reshape(self.n1, -1)  # [a, b*T*B]
+        y = torch.matmul(self.fa, x).reshape(2, self.n1, self.n2, -1)  # [re/im, k1, b, T*B]
+        z = torch.bmm(self.g_re, y[0]) + torch.bmm(self.g_im, y[1])  # [k1, 2*k2, T*B]
+        z = z * z
+        p = (z[:, :self.k2n] + z[:, self.k2n:]).reshape(self.n1 * self.k2n, -1)  # |X|^2 [k1*k2, T*B]
+        return torch.matmul(self.fb_t, p).reshape(-1, frames, batch).permute(2, 0, 1)

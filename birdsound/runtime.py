@@ -28,6 +28,7 @@ SAMPLE_RATE_HZ = 32000
 WINDOW_S = 3.0
 DEFAULT_MODEL_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   "models", "birdsound_default.pt")
+DEFAULT_ONNX_PATH = os.path.splitext(DEFAULT_MODEL_PATH)[0] + ".onnx"  # the same model exported, for speed
 ONNX_METADATA_KEY = "birdsound_metadata"
 
 
@@ -103,13 +104,25 @@ class Classifier:
             return self.module(torch.from_numpy(x)).numpy()
 
 
+def default_model_path(fast: bool = False) -> str:
+    """The shipped model: with `fast`, its ONNX export when onnxruntime is installed (no torch
+    import: about 1.5 s quicker to start and a third of the memory), else the checkpoint."""
+    if fast and os.path.exists(DEFAULT_ONNX_PATH):
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is not None:
+            return DEFAULT_ONNX_PATH
+    return DEFAULT_MODEL_PATH
+
+
 def load_model(path: str | None = None, threads: int | None = None) -> Classifier:
     """Open a checkpoint, an exported TorchScript or an ONNX file; `path` None means the shipped
     default. `threads` sets the ONNX session's threads (torch threads are process-wide: set them
     with ``torch.set_num_threads``)."""
     path = path or DEFAULT_MODEL_PATH
     if not os.path.exists(path):
-        hint = " (the default model ships in models/; reinstall or pass --model)" if path == DEFAULT_MODEL_PATH else ""
+        shipped = path in (DEFAULT_MODEL_PATH, DEFAULT_ONNX_PATH)
+        hint = " (the default model ships in models/; reinstall or pass --model)" if shipped else ""
         raise ModelError(f"{path}: no such model file{hint}")
     if os.path.isdir(path):
         raise ModelError(f"{path}: is a directory, not a model file")

@@ -12,5 +12,7 @@ birdsound train datasets/xc_train_manifest.csv -o runs/default --steps 4500 --se
   --model-version birdsound-xc69-v1 \
   --license "CC BY-NC-SA 4.0 (non-commercial; inherited from the CC BY-NC(-SA/-ND) training recordings)"
 cp runs/default/model.pt models/birdsound_default.pt
+# the same model for onnxruntime: what analyze and listen run by default (no torch import: faster start, less memory)
+birdsound export models/birdsound_default.pt -o models/birdsound_default.onnx --format onnx
 python scripts/make_model_card.py --cv runs/cv/metrics.json   # models/MODEL_CARD.md = CARD_HEADER.md + metrics + attributions
-echo "shipped models/birdsound_default.pt and models/MODEL_CARD.md"
+echo "shipped models/birdsound_default.pt, models/birdsound_default.onnx and models/MODEL_CARD.md"

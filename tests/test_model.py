@@ -223,3 +223,49 @@ def test_export_refuses_nan_parity(small_model, synth_dataset, tmp_path, monkeyp
     out = tmp_path / "m.pt"
     r = CliRunner().invoke(main, ["export", small_model, "-o", str(out), "--calibration", synth_dataset, "--windows", "8"])
     assert r.exit_code == 1 and "parity failed" in r.output and not out.exists()
+
+
+@pytest.mark.parametrize("sample_rate", [32000, 22050, 16000])
+def test_matmul_mel_matches_torchaudio(sample_rate):
+    """The real-valued front end of exports computes the same power mel as torchaudio's STFT,
+    including models whose top mel filter reaches the Nyquist bin (22.05 and 16 kHz)."""
+    from birdsound.features import MatmulMel, MelFrontEnd
+
+    fe = MelFrontEnd(sample_rate)
+    t = np.arange(3 * sample_rate) / sample_rate
+    chirp = 0.5 * np.sin(2 * np.pi * (300 * t + (sample_rate / 2 - 600) / 6 * t ** 2))  # sweeps up to Nyquist
+    x = torch.from_numpy(np.stack([chirp, np.random.default_rng(0).normal(0, 0.1, t.size)]).astype(np.float32))
+    ref, got = fe.power_mel(x), MatmulMel(fe.mel)(x)
+    assert got.shape == ref.shape
+    assert (got - ref).abs().max() < 1e-6 * ref.max()
+    assert ref[0, -1].max() > 1e-3 * ref.max()  # the chirp lights the top filter: the test covers it
+    portable = MelFrontEnd(sample_rate).make_portable()
+    assert torch.equal(portable.normalize(ref), fe.normalize(ref))  # median via top-k: the same numbers
+    assert (portable(x) - fe(x)).abs().max() < 1e-2  # log of the quietest bins magnifies rounding
+
+
+def test_shipped_onnx_is_the_shipped_checkpoint():
+    """analyze and listen run models/birdsound_default.onnx by default: it must be the checkpoint's export."""
+    pytest.importorskip("onnxruntime")
+    from birdsound.runtime import DEFAULT_MODEL_PATH, DEFAULT_ONNX_PATH, default_model_path
+
+    assert default_model_path(fast=True) == DEFAULT_ONNX_PATH and default_model_path() == DEFAULT_MODEL_PATH
+    ckpt, onnx_model = load_model(DEFAULT_MODEL_PATH), load_model(DEFAULT_ONNX_PATH)
+    a, b = ckpt.meta, onnx_model.meta
+    assert (a.labels, a.sample_rate, a.window_s, a.model_version, a.license) == \
+        (b.labels, b.sample_rate, b.window_s, b.model_version, b.license), "re-export: birdsound export models/birdsound_default.pt -o models/birdsound_default.onnx --format onnx"
+    x = np.stack([synth_call(k, 3.0, 70 + i) for i, k in enumerate(SYNTH_SPECIES.values())]
+                 + [np.random.default_rng(1).normal(0, 0.05, 96000).astype(np.float32), np.zeros(96000, np.float32)])
+    assert np.abs(ckpt.predict(x) - onnx_model.predict(x)).max() < 1e-4
+
+
+def test_analyze_default_model_runs_without_torch(synth_dataset, tmp_path):
+    pytest.importorskip("onnxruntime")
+    code = ("import sys; from birdsound.cli import main\n"
+            "try:\n main(['analyze', '-q', sys.argv[1], '-o', sys.argv[2], '--rtype', 'json'])\n"
+            "except SystemExit as e:\n assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    p = subprocess.run([sys.executable, "-c", code, synth_dataset, str(tmp_path / "o")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    outs = list((tmp_path / "o").rglob("*.json"))
+    assert outs and json.loads(outs[0].read_text())["model"]["model_version"] == "birdsound-xc69-v1"
