@@ -8,7 +8,8 @@ Inputs are built once in --work (default /tmp/birdsound-bench) by looping real r
 ../shared/data (a synthesized signal where that is absent): 32 kHz WAV of 1 h and 24 h,
 1 h FLAC, 1 h MP3 at 48 kHz (and a 48 kHz WAV for the side-by-side with BirdNET).
 Every end-to-end figure is a fresh `birdsound analyze` process (outputs written, overlap 0):
-x real time and its peak RSS (ru_maxrss of that process).
+x real time and its peak RSS (ru_maxrss of that process), start-up included. Without --model
+analyze runs the shipped model's ONNX export (onnxruntime); the checkpoint (torch) is run too.
 """
 
 from __future__ import annotations
@@ -91,13 +92,15 @@ def run_analyze(path: str, out_dir: str, extra: list[str]) -> dict:
 
 
 def stage_breakdown(path: str, seconds: float = 600.0) -> dict:
-    """Single-thread seconds per hour of audio for each stage of the pipeline, and their shares."""
+    """Single-thread seconds per hour of audio for each stage of the pipeline (mel and CNN split in
+    torch), their shares, and the shipped ONNX model's time for mel + CNN together."""
     import soxr
     import torch
 
     from birdsound import audio, outputs
     from birdsound.detect import DetectOptions, detect
     from birdsound.model import DEFAULT_MODEL_PATH, load_checkpoint
+    from birdsound.runtime import DEFAULT_ONNX_PATH, load_model
     from birdsound.stream import windows_from_blocks
 
     torch.set_num_threads(1)
@@ -131,6 +134,13 @@ def stage_breakdown(path: str, seconds: float = 600.0) -> dict:
         for m in mels:
             probs.append(torch.sigmoid(net.head(net.backbone(m))).numpy())
         t["cnn"] = time.perf_counter() - t0
+    onnx_s = None
+    if os.path.exists(DEFAULT_ONNX_PATH):  # what analyze runs by default: mel + CNN in one onnxruntime graph
+        m = load_model(DEFAULT_ONNX_PATH, threads=1)
+        t0 = time.perf_counter()
+        for wb in batches:
+            m.predict(wb.windows)
+        onnx_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     dets = []
     for wb, p in zip(batches, probs):
@@ -144,7 +154,8 @@ def stage_breakdown(path: str, seconds: float = 600.0) -> dict:
     return {"file": os.path.basename(path), "audio_s": frames / info.samplerate, "threads": 1,
             "s_per_audio_hour": {k: round(v * per_hour, 3) for k, v in t.items()},
             "share": {k: round(v / total, 3) for k, v in t.items()},
-            "x_realtime_one_core": round(frames / info.samplerate / total, 1)}
+            "x_realtime_one_core": round(frames / info.samplerate / total, 1),
+            "onnxruntime_mel_plus_cnn_s_per_audio_hour": None if onnx_s is None else round(onnx_s * per_hour, 3)}
 
 
 def latency_table(work: str) -> list[dict]:
@@ -228,21 +239,19 @@ def main() -> None:
     }
     if not (a.quick or a.no_24h):
         files["wav32k_24h"] = make_long(os.path.join(a.work, "wav32k_24h.wav"), 24.0, 32000, "WAV", "PCM_16")
-    onnx = os.path.join(a.work, "default.onnx")
-    if not os.path.exists(onnx):
-        subprocess.run([sys.executable, "-m", "birdsound", "export", "-o", onnx, "--format", "onnx"],
-                       check=True, capture_output=True)
+    ckpt = os.path.join(ROOT, "models", "birdsound_default.pt")
     result: dict = {"machine": {"cores": os.cpu_count()}, "analyze": []}
     out = tempfile.mkdtemp(prefix="bench-out-")
     for name, path in files.items():
         with open(path, "rb") as f:  # warm the page cache, as for a second pass over a disk
             while f.read(1 << 24):
                 pass
-        result["analyze"].append({"input": name, "model": "default (torch)", **run_analyze(path, out, [])})
+        # no --model: the shipped model's ONNX export on onnxruntime (torch never imported)
+        result["analyze"].append({"input": name, "model": "default (onnxruntime)", **run_analyze(path, out, [])})
         if name.startswith(("wav32k", "mp3")):
-            result["analyze"].append({"input": name, "model": "default exported to ONNX",
-                                      **run_analyze(path, out, ["-m", onnx])})
-    result["analyze"].append({"input": f"wav32k_{tag}", "model": "default (torch), 1 worker 1 thread",
+            result["analyze"].append({"input": name, "model": "default checkpoint (torch)",
+                                      **run_analyze(path, out, ["-m", ckpt])})
+    result["analyze"].append({"input": f"wav32k_{tag}", "model": "default (onnxruntime), 1 worker 1 thread",
                               **run_analyze(files[f"wav32k_{tag}"], out, ["--workers", "1", "--threads", "1"])})
     result["stages"] = [stage_breakdown(files[f"wav32k_{tag}"]), stage_breakdown(files[f"mp3_48k_{tag}"])]
     if not a.skip_latency:
