@@ -21,7 +21,7 @@ def fail(msg: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def load_model_or_fail(path: str | None, threads: int | None = None, fast: bool = False):
+def load_model_or_fail(path: str | None, threads: int | None = None, fast: bool = False, run: bool = True):
     """Open a model file (None: the shipped one, its ONNX export with `fast`), or exit with one line;
     `threads` also sets torch's (process-wide) threads for torch models (ONNX models run without torch)."""
     from .runtime import ModelError, default_model_path, load_model
@@ -30,7 +30,9 @@ def load_model_or_fail(path: str | None, threads: int | None = None, fast: bool 
         model = load_model(path or default_model_path(fast), threads=threads)
     except ModelError as e:
         fail(f"--model {e}")
-    if threads and model.kind != "onnx":
+    if run and model.kind == "coreml" and model.module is None:
+        fail(f"--model {model.path}: Core ML packages run on macOS and iOS only; use the .pt, .onnx or .pte here")
+    if threads and model.kind not in ("onnx", "coreml"):
         import torch
 
         torch.set_num_threads(threads)
@@ -52,7 +54,7 @@ def detect_options(model, min_conf, sensitivity, top_n, include, exclude, thresh
 def detection_flags(f):
     """Options shared by analyze and listen (same rules for batch and live)."""
     opts = [
-        click.option("-m", "--model", "model_path", type=click.Path(dir_okay=False),
+        click.option("-m", "--model", "model_path", type=click.Path(),
                      help="Model file: birdsound checkpoint, exported .pt/.ptl or .onnx (default: the shipped model; "
                           "analyze and listen run its ONNX export with onnxruntime)."),
         click.option("--overlap", type=float, default=0.0, show_default=True,
@@ -164,9 +166,11 @@ def analyze(paths, out_dir, model_path, overlap, min_conf, sensitivity, top_n, i
 @click.option("--labels", "show_labels", is_flag=True, help="List every species label.")
 def info(model_path, show_labels):
     """Show a model's species, sample rate, window, size and metadata (default: shipped model)."""
-    model = load_model_or_fail(model_path)
+    model = load_model_or_fail(model_path, run=False)
     m = model.meta
-    size = os.path.getsize(model.path)
+    from .export import _size
+
+    size = _size(model.path)
     click.echo(f"file:           {model.path} ({model.kind}, {size / 1e6:.2f} MB)")
     click.echo(f"model version:  {m.model_version}")
     click.echo(f"licence:        {m.license}")
@@ -286,12 +290,14 @@ def embed(paths, out_path, model_path, overlap):
 
 @main.command(context_settings=CONTEXT)
 @click.argument("model_path", required=False, type=click.Path())
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
-              help="Output file (.pt for torchscript, .ptl for lite, .onnx for onnx).")
-@click.option("--format", "fmt", type=click.Choice(["torchscript", "lite", "onnx"]), default="torchscript",
-              show_default=True,
+@click.option("-o", "--output", "out", required=True, type=click.Path(),
+              help="Output file (.pt torchscript, .ptl lite, .onnx, .pte executorch, .mlpackage coreml).")
+@click.option("--format", "fmt", type=click.Choice(["torchscript", "lite", "onnx", "executorch", "coreml"]),
+              default="torchscript", show_default=True,
               help="torchscript: frozen TorchScript .pt; lite: PyTorch Mobile lite-interpreter .ptl; "
-                   "onnx: ONNX opset 18 for onnxruntime (needs the onnx extra).")
+                   "onnx: ONNX opset 18 for onnxruntime (onnx extra); executorch: ExecuTorch .pte with the "
+                   "XNNPACK delegate, batch 1-8 (executorch extra); coreml: Core ML .mlpackage, fp32, "
+                   "batch 1 (coreml extra).")
 @click.option("--quantize", type=click.Choice(["none", "dynamic", "int8"]), default="none", show_default=True,
               help="int8: static post-training quantization calibrated on real audio; dynamic: int8 Linear layers.")
 @click.option("--calibration", "calib", multiple=True, type=click.Path(exists=True),
@@ -318,6 +324,8 @@ def export(model_path, out, fmt, quantize, calib, n_windows):
         net, meta = load_checkpoint(model_path or DEFAULT_MODEL_PATH)
     except ModelError as e:
         fail(f"MODEL {e} (export needs a birdsound checkpoint)")
+    if os.path.isdir(out) and not (fmt == "coreml" and out.endswith(".mlpackage")):
+        fail(f"-o {out}: is a directory")
     sources = list(calib) or [DEFAULT_CALIBRATION]
     if not calib and not os.path.exists(DEFAULT_CALIBRATION):
         fail("no --calibration given and the default training manifest is missing")
@@ -330,7 +338,7 @@ def export(model_path, out, fmt, quantize, calib, n_windows):
         fail(str(e))
     click.echo(f"wrote {out} ({rep['size_bytes'] / 1e6:.2f} MB, {fmt}, quantize {quantize})")
     click.echo(f"parity on {rep['windows']} real windows: max |diff| {rep['max_abs_diff']:.2e}, "
-               f"top-1 agreement {rep['top1_agreement']:.3f}")
+               f"top-1 agreement {rep['top1_agreement']:.3f}" + (f" ({rep['note']})" if rep["note"] else ""))
     if "macro_ap_drop" in rep:
         click.echo(f"macro AP on labelled windows: fp32 {rep['macro_ap_fp32']:.3f}, exported "
                    f"{rep['macro_ap_exported']:.3f} (drop {rep['macro_ap_drop']:+.3f})")

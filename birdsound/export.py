@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import logging
 import os
+import shutil
+import sys
 import warnings
 
 import numpy as np
@@ -25,7 +28,8 @@ from torch import nn
 from .features import MelFrontEnd
 from .model import BirdNetLite, Metadata, ProbabilityModel
 
-FORMATS = ("torchscript", "lite", "onnx")
+FORMATS = ("torchscript", "lite", "onnx", "executorch", "coreml")
+EXECUTORCH_MAX_BATCH = 8  # the .pte's forward takes 1 .. this many windows per call
 QUANTIZE = ("none", "dynamic", "int8")
 IO_DESCRIPTION = ("input: float32 [batch, window_samples] raw mono PCM in [-1, 1] at sample_rate; "
                   "output: float32 [batch, n_labels] sigmoid probabilities, columns in labels order")
@@ -115,19 +119,13 @@ def script(module: nn.Module) -> torch.jit.ScriptModule:
 def save_onnx(module: nn.Module, meta: dict, path: str, window_samples: int) -> None:
     """Export ``sigmoid(module(pcm))`` to ONNX (opset 18, batch dimension dynamic) with the
     metadata as ``metadata_props``; one self-contained file, written atomically."""
-    import io
-
     try:
         import onnx
     except ImportError:
         raise ExportError("--format onnx needs the onnx extra: pip install 'birdsound[onnx]'") from None
     from .runtime import ONNX_METADATA_KEY
 
-    module = copy.deepcopy(module)
-    for m in module.modules():
-        if isinstance(m, MelFrontEnd):
-            m.make_portable()
-    wrapped = ProbabilityModel(module).eval()
+    wrapped = ProbabilityModel(portable_copy(module)).eval()
     tmp = f"{path}.part{os.getpid()}"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
@@ -149,6 +147,101 @@ def save_onnx(module: nn.Module, meta: dict, path: str, window_samples: int) -> 
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def portable_copy(module: nn.Module, linear: bool = False) -> nn.Module:
+    """A copy of `module` whose mel front end uses real-valued operations only (see :mod:`.features`)."""
+    module = copy.deepcopy(module)
+    for m in module.modules():
+        if isinstance(m, MelFrontEnd):
+            m.make_portable(linear=linear)
+    return module
+
+
+def save_executorch(net: BirdNetLite, meta: dict, path: str, window_samples: int, quantize: str,
+                    calibration: np.ndarray) -> None:
+    """Export ``sigmoid(net(pcm))`` as an ExecuTorch program (``.pte``) with the XNNPACK delegate;
+    metadata is the constant method ``metadata_json``. `quantize` ``int8``: static post-training
+    quantization (pt2e, XNNPACK quantizer, per-channel weights) calibrated on `calibration`."""
+    from .runtime import _quiet_stderr
+
+    try:
+        with _quiet_stderr():  # a torch deprecation line logged at import
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            from executorch.exir import to_edge_transform_and_lower
+    except ImportError:
+        raise ExportError("--format executorch needs the executorch extra: pip install 'birdsound[executorch]'") from None
+    wrapped = ProbabilityModel(portable_copy(net, linear=True)).eval()
+    example = (torch.zeros(2, window_samples),)
+    dims = ({0: torch.export.Dim("batch", min=1, max=EXECUTORCH_MAX_BATCH)},)
+    tmp = f"{path}.part{os.getpid()}"
+    try:
+        with warnings.catch_warnings(), _quiet_logger("torch"):
+            warnings.simplefilter("ignore")
+            ep = torch.export.export(wrapped, example, dynamic_shapes=dims)
+            if quantize == "int8":
+                from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                    XNNPACKQuantizer, get_symmetric_quantization_config)
+                from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+                config = get_symmetric_quantization_config(is_per_channel=True)  # the mel front end stays float
+                quantizer = XNNPACKQuantizer().set_module_name("net.backbone", config).set_module_name("net.head", config)
+                prepared = prepare_pt2e(ep.module(), quantizer)
+                with torch.no_grad():
+                    for chunk in torch.from_numpy(calibration).split(EXECUTORCH_MAX_BATCH):
+                        prepared(chunk)
+                ep = torch.export.export(convert_pt2e(prepared), example, dynamic_shapes=dims)
+            elif quantize != "none":
+                raise ExportError(f"--format executorch --quantize {quantize}: use none or int8")
+            program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
+                                                  constant_methods={"metadata_json": json.dumps(meta)}).to_executorch()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(program.buffer)
+        os.replace(tmp, path)
+    except ExportError:
+        raise
+    except Exception as e:
+        raise ExportError(f"{path}: ExecuTorch export failed ({str(e).strip().splitlines()[0][:300]})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_coreml(net: BirdNetLite, meta: dict, path: str, window_samples: int) -> nn.Module:
+    """Convert ``sigmoid(net(pcm))`` to a Core ML ML Program package (``.mlpackage``, iOS 16+,
+    input ``pcm`` [1, window_samples], output ``probabilities``) with coremltools; the metadata
+    JSON is the package's user-defined metadata ``birdsound_metadata``. Returns the torch
+    module that was converted (real-valued front end) for the parity check."""
+    from .runtime import ONNX_METADATA_KEY, import_coremltools
+
+    try:
+        ct = import_coremltools()
+    except ImportError:
+        raise ExportError("--format coreml needs the coreml extra: pip install 'birdsound[coreml]'") from None
+
+    wrapped = ProbabilityModel(portable_copy(net, linear=True)).eval()
+    tmp = f"{path}.part{os.getpid()}.mlpackage"  # coremltools insists on the extension
+    try:
+        with warnings.catch_warnings(), _quiet_logger("coremltools"), _quiet_logger("torch"), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            ep = torch.export.export(wrapped, (torch.zeros(1, window_samples),)).run_decompositions({})
+            mlmodel = ct.convert(ep, inputs=[ct.TensorType(name="pcm", shape=(1, window_samples), dtype=np.float32)],
+                                 outputs=[ct.TensorType(name="probabilities")], convert_to="mlprogram",
+                                 minimum_deployment_target=ct.target.iOS16)
+        mlmodel.user_defined_metadata[ONNX_METADATA_KEY] = json.dumps(meta)
+        mlmodel.short_description = "birdsound: raw 32 kHz mono PCM window in, per-species probabilities out"
+        mlmodel.save(tmp)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except Exception as e:
+        raise ExportError(f"{path}: Core ML conversion failed ({str(e).strip().splitlines()[0][:300]})") from None
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return wrapped
 
 
 @contextlib.contextmanager
@@ -235,22 +328,37 @@ def export(net: BirdNetLite, meta: Metadata, out: str, fmt: str, quantize: str, 
 
     if fmt == "onnx" and quantize != "none":
         raise ExportError(f"--format onnx --quantize {quantize}: not supported; quantized models are exported "
-                          "as --format lite or torchscript")
-    if quantize == "none":
-        module: nn.Module = net
-    elif quantize == "dynamic":
-        module = quantize_dynamic(net)
-    elif quantize == "int8":
-        module = quantize_static(net, windows)
-    else:
+                          "as --format lite, torchscript or executorch")
+    if quantize not in QUANTIZE:
         raise ValueError(f"unknown quantization {quantize!r}")
-    if fmt == "onnx":
-        save_onnx(module, metadata_for_export(meta, quantize, fmt), out, meta.window_samples)
+    if fmt == "coreml" and quantize != "none":
+        raise ExportError(f"--format coreml --quantize {quantize}: not supported; Core ML packages are fp32")
+    emeta = metadata_for_export(meta, quantize, fmt)
+    note = ""
+    if fmt == "coreml":
+        emeta["input_shape"] = [1, meta.window_samples]
+        converted = save_coreml(net, emeta, out, meta.window_samples)
+        if sys.platform == "darwin":
+            predict = load_model(out).predict
+        else:  # Core ML runs on Apple systems only: check the graph that was converted
+            note = "Core ML cannot run here (not macOS): parity is of the converted torch graph"
+            predict = lambda x: converted(torch.from_numpy(x)).detach().numpy()  # noqa: E731
     else:
-        save(script(module), metadata_for_export(meta, quantize, fmt), out, fmt)
-    loaded = load_model(out)
-    p = parity(net, loaded.predict, windows)
-    report = {"file": out, "format": fmt, "quantize": quantize, "size_bytes": os.path.getsize(out),
+        if fmt == "executorch":
+            emeta.update(input_shape=[f"batch (1..{EXECUTORCH_MAX_BATCH})", meta.window_samples],
+                         max_batch=EXECUTORCH_MAX_BATCH)
+            save_executorch(net, emeta, out, meta.window_samples, quantize, windows)
+        else:
+            module: nn.Module = {"none": lambda: net, "dynamic": lambda: quantize_dynamic(net),
+                                 "int8": lambda: quantize_static(net, windows)}[quantize]()
+            if fmt == "onnx":
+                save_onnx(module, emeta, out, meta.window_samples)
+            else:
+                save(script(module), emeta, out, fmt)
+        predict = load_model(out).predict
+    with torch.inference_mode():
+        p = parity(net, predict, windows)
+    report = {"file": out, "format": fmt, "quantize": quantize, "size_bytes": _size(out), "note": note,
               "windows": p["windows"], "max_abs_diff": p["max_abs_diff"], "top1_agreement": p["top1_agreement"]}
     known = [i for i, l in enumerate(window_labels) if l in meta.labels]
     if quantize != "none" and known:
@@ -263,9 +371,19 @@ def export(net: BirdNetLite, meta: Metadata, out: str, fmt: str, quantize: str, 
         ap_q, _ = macro_ap(T, p["exported"][known])
         report.update(macro_ap_fp32=ap_ref, macro_ap_exported=ap_q, macro_ap_drop=ap_ref - ap_q)
     if quantize == "none" and not p["max_abs_diff"] <= FP32_TOLERANCE:  # NaN fails too
-        os.remove(out)
+        _remove(out)
         raise ExportError(f"{out}: fp32 parity failed, max |diff| {p['max_abs_diff']:.2e} > {FP32_TOLERANCE:g}; file removed")
     if quantize != "none" and not (p["top1_agreement"] >= INT8_MIN_TOP1_AGREEMENT and np.isfinite(p["exported"]).all()):
-        os.remove(out)
+        _remove(out)
         raise ExportError(f"{out}: {quantize} top-1 agreement {p['top1_agreement']:.3f} < {INT8_MIN_TOP1_AGREEMENT}; file removed")
     return report
+
+
+def _size(path: str) -> int:
+    if os.path.isdir(path):  # a package (.mlpackage)
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    return os.path.getsize(path)
+
+
+def _remove(path: str) -> None:
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)

@@ -7,8 +7,8 @@ power mel once per recording and apply augmentations in the power domain:
 ``pcm [B, S] --power_mel--> [B, N_MELS, T] --normalize--> [B, 1, N_MELS, T]``
 
 After ``make_portable()`` (exports to ONNX and ExecuTorch) the same numbers come from
-real-valued operations only: the FFT as two matrix products (:class:`MatmulMel`) and the
-median as a sort. Runtimes without complex tensors accept that graph, and onnxruntime runs it
+real-valued operations only: the FFT as two matrix products (:class:`MatmulMel`,
+:class:`LinearMel`) and the median with top-k. Runtimes without complex tensors accept that graph, and onnxruntime runs it
 2.5x faster than its STFT operator; torch itself is faster with ``torch.stft``.
 """
 
@@ -19,6 +19,7 @@ import math
 import torch
 import torchaudio
 from torch import nn
+from torch.nn import functional as F
 
 N_FFT = 1024
 HOP_SAMPLES = 640
@@ -51,9 +52,10 @@ class MelFrontEnd(nn.Module):
         )
         self.matmul: nn.Module | None = None
 
-    def make_portable(self) -> "MelFrontEnd":
-        """Compute with real-valued operations only (FFT as matrix products, median as a sort)."""
-        self.matmul = MatmulMel(self.mel)
+    def make_portable(self, linear: bool = False) -> "MelFrontEnd":
+        """Compute with real-valued operations only: the FFT as matrix products (:class:`MatmulMel`,
+        or with `linear` :class:`LinearMel` for mobile delegates) and the median with top-k."""
+        self.matmul = (LinearMel if linear else MatmulMel)(self.mel)
         return self
 
     def power_mel(self, pcm: torch.Tensor) -> torch.Tensor:
@@ -76,16 +78,12 @@ class MelFrontEnd(nn.Module):
         return self.normalize(self.power_mel(pcm))
 
 
-class MatmulMel(nn.Module):
-    """Power mel of a torchaudio ``MelSpectrogram`` (``center=False``, power 2, periodic Hann,
-    power-of-two ``n_fft``) computed with real matrix products only.
-
-    The FFT is split Cooley-Tukey style: with ``n = N2*a + b`` and ``k = k1 + N1*k2``
-    (``N1*N2 = n_fft``), a first DFT over ``a`` gives ``Y[k1, b]``; the twiddle ``e^{-2pi i k1 b/n_fft}``
-    and the second DFT over ``b`` fold into one matrix per ``k1``. Frames are gathered with the
-    batch innermost so each stage is one large matrix product, about 40 MFLOPs per 3 s window
-    at 32 kHz. Only the bins the mel filters use are computed. Matches ``torch.stft`` to ~2e-7
-    of the peak power.
+class _SplitDft(nn.Module):
+    """Shared set-up of the real-valued power mels: the FFT of ``n_fft = N1*N2`` points split
+    Cooley-Tukey style (``n = N2*a + b``, ``k = k1 + N1*k2``): a DFT over ``a`` gives ``Y[k1, b]``,
+    the twiddle ``e^{-2pi i k1 b/n_fft}`` multiplies it and a DFT over ``b`` gives ``X[k]``;
+    about 40 MFLOPs per 3 s window at 32 kHz. Only the bins the mel filters use are computed.
+    Subclasses lay the products out for one kind of runtime.
     """
 
     def __init__(self, mel):
@@ -93,16 +91,31 @@ class MatmulMel(nn.Module):
         spec, fb = mel.spectrogram, mel.mel_scale.fb  # fb: [n_fft//2 + 1, n_mels]
         n_fft, hop = spec.n_fft, spec.hop_length
         if n_fft & (n_fft - 1) or spec.center or spec.power != 2.0:
-            raise ValueError("MatmulMel needs a power-of-two n_fft, center=False and power 2")
-        n1 = 1 << (int(math.log2(n_fft)) // 2)
-        n2 = n_fft // n1
+            raise ValueError(f"{type(self).__name__} needs a power-of-two n_fft, center=False and power 2")
+        self.n1 = 1 << (int(math.log2(n_fft)) // 2)
+        self.n2 = n_fft // self.n1
         used = int(torch.nonzero(fb.abs().sum(1)).max()) + 1  # bins 0 .. used-1 carry weight
-        k2n = -(-used // n1)
-        self.n_fft, self.hop, self.n1, self.n2, self.k2n = n_fft, hop, n1, n2, k2n
+        self.k2n = -(-used // self.n1)
+        self.n_fft, self.hop = n_fft, hop
         d = torch.float64
-        a, b = torch.arange(n1, dtype=d), torch.arange(n2, dtype=d)
-        k1, k2 = torch.arange(n1, dtype=d), torch.arange(k2n, dtype=d)
-        self.register_buffer("win", spec.window.to(d).reshape(n1, n2, 1, 1).float(), persistent=False)
+        self.a, self.b = torch.arange(self.n1, dtype=d), torch.arange(self.n2, dtype=d)
+        self.k1, self.k2 = torch.arange(self.n1, dtype=d), torch.arange(self.k2n, dtype=d)
+        self.window64 = spec.window.to(d)
+        k = (self.k1.long()[:, None] + self.n1 * self.k2.long()).reshape(-1)  # bin of (k1, k2)
+        fbk = torch.zeros(len(k), fb.shape[1], dtype=fb.dtype)
+        keep = k < fb.shape[0]
+        fbk[keep] = fb[k[keep]]
+        self.register_buffer("mel_fb", fbk.t().contiguous(), persistent=False)  # [n_mels, k1*k2]
+
+
+class MatmulMel(_SplitDft):
+    """Split-DFT power mel with the batch innermost, so each stage is one large matrix product
+    (fastest on onnxruntime: 2.5x its STFT operator). Matches ``torch.stft`` to ~2e-7 of the peak."""
+
+    def __init__(self, mel):
+        super().__init__(mel)
+        n1, n2, n_fft, a, b, k1, k2 = self.n1, self.n2, self.n_fft, self.a, self.b, self.k1, self.k2
+        self.register_buffer("win", self.window64.reshape(n1, n2, 1, 1).float(), persistent=False)
         ang = -2 * math.pi * torch.outer(k1, a) / n1
         self.register_buffer("fa", torch.cat([torch.cos(ang), torch.sin(ang)]).float(), persistent=False)
         ph = -2 * math.pi * (k1[:, None, None] * b[None, None, :] / n_fft + b * k2[:, None] / n2)  # [k1, k2, b]
@@ -110,11 +123,6 @@ class MatmulMel(nn.Module):
         # real = yr*gr - yi*gi, imag = yr*gi + yi*gr, stacked as rows [real k2 ..., imag k2 ...]
         self.register_buffer("g_re", torch.cat([gr, gi], 1).float(), persistent=False)
         self.register_buffer("g_im", torch.cat([-gi, gr], 1).float(), persistent=False)
-        k = (k1.long()[:, None] + n1 * k2.long()).reshape(-1)
-        fbk = torch.zeros(len(k), fb.shape[1], dtype=fb.dtype)
-        keep = k < fb.shape[0]
-        fbk[keep] = fb[k[keep]]
-        self.register_buffer("fb_t", fbk.t().contiguous(), persistent=False)  # [n_mels, k1*k2]
 
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:
         """``[B, S]`` -> ``[B, n_mels, T]``."""
@@ -128,4 +136,41 @@ class MatmulMel(nn.Module):
         z = torch.bmm(self.g_re, y[0]) + torch.bmm(self.g_im, y[1])  # [k1, 2*k2, T*B]
         z = z * z
         p = (z[:, :self.k2n] + z[:, self.k2n:]).reshape(self.n1 * self.k2n, -1)  # |X|^2 [k1*k2, T*B]
-        return torch.matmul(self.fb_t, p).reshape(-1, frames, batch).permute(2, 0, 1)
+        return torch.matmul(self.mel_fb, p).reshape(-1, frames, batch).permute(2, 0, 1)
+
+
+class LinearMel(_SplitDft):
+    """Split-DFT power mel where both DFTs and the mel filters are ``linear`` layers with constant
+    weights, what mobile delegates (ExecuTorch's XNNPACK) accelerate. Same numbers as :class:`MatmulMel`."""
+
+    def __init__(self, mel):
+        super().__init__(mel)
+        n1, n2, n_fft, a, b, k1, k2 = self.n1, self.n2, self.n_fft, self.a, self.b, self.k1, self.k2
+        self.register_buffer("win", self.window64[(b[:, None] + n2 * a).long()].float(), persistent=False)  # [b, a]
+        ang = -2 * math.pi * torch.outer(k1, a) / n1  # [k1, a]
+        self.register_buffer("dft_a", torch.cat([torch.cos(ang), torch.sin(ang)]).float(), persistent=False)
+        tw = -2 * math.pi * torch.outer(k1, b) / n_fft  # [k1, b]
+        self.register_buffer("tw_cos", torch.cos(tw).float(), persistent=False)
+        self.register_buffer("tw_sin", torch.sin(tw).float(), persistent=False)
+        ang = -2 * math.pi * torch.outer(k2, b) / n2  # [k2, b]
+        c, s = torch.cos(ang), torch.sin(ang)
+        # re = zr c - zi s, im = zr s + zi c, as rows [re k2 ..., im k2 ...] of two linear maps
+        self.register_buffer("dft_b_zr", torch.cat([c, s]).float(), persistent=False)
+        self.register_buffer("dft_b_zi", torch.cat([-s, c]).float(), persistent=False)
+
+    def forward(self, pcm: torch.Tensor) -> torch.Tensor:
+        """``[B, S]`` -> ``[B, n_mels, T]``."""
+        frames = 1 + (pcm.shape[-1] - self.n_fft) // self.hop
+        dev = pcm.device  # stepped aranges, no int * scalar: pt2e quantization turns scalars into float tensors
+        idx = (torch.arange(0, frames * self.hop, self.hop, device=dev)[:, None, None]
+               + torch.arange(self.n2, device=dev)[:, None]
+               + torch.arange(0, self.n_fft, self.n2, device=dev))  # [T, b, a]: sample n2*a + b of frame T
+        x = pcm[:, idx] * self.win  # [B, T, b, a]
+        y = F.linear(x, self.dft_a).transpose(-1, -2)  # [B, T, 2*k1, b]: re rows, then im rows
+        yr, yi = y[:, :, :self.n1], y[:, :, self.n1:]
+        zr, zi = yr * self.tw_cos - yi * self.tw_sin, yr * self.tw_sin + yi * self.tw_cos  # twiddled [B,T,k1,b]
+        # (no torch.cat: the XNNPACK quantizer would make its inputs int8, whatever module it is in)
+        xk = F.linear(zr, self.dft_b_zr) + F.linear(zi, self.dft_b_zi)  # [B, T, k1, 2*k2]
+        xk = xk * xk
+        p = (xk[..., :self.k2n] + xk[..., self.k2n:]).flatten(2)  # |X|^2 [B, T, k1*k2]
+        return F.linear(p, self.mel_fb).transpose(1, 2)

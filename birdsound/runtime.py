@@ -8,15 +8,21 @@ A model file is one of
   ``metadata.json`` in its extra files,
 * an ONNX file made by ``birdsound export --format onnx`` (metadata in its
   ``metadata_props``), run with onnxruntime: torch is then never imported, which keeps a
-  batch run's memory small.
+  batch run's memory small,
+* an ExecuTorch program (``.pte``) made by ``birdsound export --format executorch`` (metadata
+  returned by its ``metadata_json`` method), run with ExecuTorch's Python runtime,
+* a Core ML package (``.mlpackage``) made by ``birdsound export --format coreml`` (metadata in its
+  user-defined metadata): readable everywhere, runnable on macOS only.
 
 :func:`load_model` opens all of them and returns a :class:`Classifier` with one ``predict`` call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -78,7 +84,7 @@ def first_line(e: Exception) -> str:
 class Classifier:
     """A loaded model of any kind: ``predict(windows) -> probabilities``.
 
-    `kind` is ``checkpoint``, ``torchscript``, ``lite`` or ``onnx``; `net` is the trainable
+    `kind` is ``checkpoint``, ``torchscript``, ``lite``, ``onnx``, ``executorch`` or ``coreml``; `net` is the trainable
     ``BirdNetLite`` for checkpoints (embeddings, export), else None.
     """
 
@@ -98,7 +104,16 @@ class Classifier:
         x = np.ascontiguousarray(windows, dtype=np.float32)
         if self.kind == "onnx":
             return self.module.run(None, {self.module.get_inputs()[0].name: x})[0]
+        if self.kind == "coreml":
+            if self.module is None:
+                raise ModelError(f"{self.path}: Core ML packages run on macOS and iOS only; use the .pt, .onnx or .pte here")
+            return np.concatenate([self.module.predict({"pcm": w[None]})["probabilities"] for w in x])
         import torch
+
+        if self.kind == "executorch":  # the program takes at most meta.extra["max_batch"] windows per call
+            step = int(self.meta.extra.get("max_batch", 1))
+            return np.concatenate([self.module.execute([torch.from_numpy(x[i:i + step])])[0].numpy()
+                                   for i in range(0, len(x), step)])
 
         with torch.inference_mode():
             return self.module(torch.from_numpy(x)).numpy()
@@ -125,9 +140,13 @@ def load_model(path: str | None = None, threads: int | None = None) -> Classifie
         hint = " (the default model ships in models/; reinstall or pass --model)" if shipped else ""
         raise ModelError(f"{path}: no such model file{hint}")
     if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "Manifest.json")):
+            return _load_coreml(path)
         raise ModelError(f"{path}: is a directory, not a model file")
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(8)
+    if head[4:8] == b"ET12" or (path.lower().endswith(".pte") and not zipfile.is_zipfile(path)):
+        return _load_executorch(path)
     if not zipfile.is_zipfile(path):
         if path.lower().endswith(".onnx") or head[:1] == b"\x08":
             return _load_onnx(path, threads)
@@ -182,6 +201,78 @@ def _load_onnx(path: str, threads: int | None) -> Classifier:
     if not raw:
         raise ModelError(f"{path}: ONNX file without birdsound metadata (not exported by birdsound)")
     return Classifier(sess, _parse_meta(raw, path), path, "onnx")
+
+
+def import_coremltools():
+    """coremltools, imported without the lines it logs on Linux (no Core ML framework, untested
+    torch/scikit-learn versions); ImportError when not installed."""
+    import io
+    import logging
+
+    log = logging.getLogger("coremltools")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            import coremltools
+    finally:
+        log.setLevel(level)
+    return coremltools
+
+
+def _load_coreml(path: str) -> Classifier:
+    try:
+        ct = import_coremltools()
+    except ImportError:
+        raise ModelError(f"{path}: Core ML packages need coremltools: pip install 'birdsound[coreml]'") from None
+
+    try:
+        spec_only = ct.models.MLModel(path, skip_model_load=True)
+    except Exception as e:
+        raise ModelError(f"{path}: damaged Core ML package ({first_line(e)})") from None
+    raw = spec_only.user_defined_metadata.get(ONNX_METADATA_KEY, "")
+    if not raw:
+        raise ModelError(f"{path}: Core ML package without birdsound metadata (not exported by birdsound)")
+    module = ct.models.MLModel(path) if sys.platform == "darwin" else None
+    return Classifier(module, _parse_meta(raw, path), path, "coreml")
+
+
+def _load_executorch(path: str) -> Classifier:
+    # quiet: importing executorch logs a torch deprecation line, and its runtime's first run logs
+    # CPU-probing lines from C++ on x86; errors still raise
+    with _quiet_stderr():
+        try:
+            import torch
+            from executorch.runtime import Runtime
+        except ImportError:
+            raise ModelError(f"{path}: ExecuTorch programs need executorch: pip install 'birdsound[executorch]'") from None
+        try:
+            program = Runtime.get().load_program(path)
+            forward = program.load_method("forward")
+        except Exception as e:
+            raise ModelError(f"{path}: damaged ExecuTorch program ({first_line(e)})") from None
+        if "metadata_json" not in program.method_names:
+            raise ModelError(f"{path}: ExecuTorch program without birdsound metadata (not exported by birdsound)")
+        meta = _parse_meta(program.load_method("metadata_json").execute([])[0], path)
+        try:
+            forward.execute([torch.zeros(1, meta.window_samples)])
+        except Exception as e:
+            raise ModelError(f"{path}: ExecuTorch program does not run ({first_line(e)})") from None
+    return Classifier(forward, meta, path, "executorch")
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (C++ logging included) for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _parse_meta(raw: str, path: str) -> Metadata:

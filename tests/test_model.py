@@ -229,15 +229,17 @@ def test_export_refuses_nan_parity(small_model, synth_dataset, tmp_path, monkeyp
 def test_matmul_mel_matches_torchaudio(sample_rate):
     """The real-valued front end of exports computes the same power mel as torchaudio's STFT,
     including models whose top mel filter reaches the Nyquist bin (22.05 and 16 kHz)."""
-    from birdsound.features import MatmulMel, MelFrontEnd
+    from birdsound.features import LinearMel, MatmulMel, MelFrontEnd
 
     fe = MelFrontEnd(sample_rate)
     t = np.arange(3 * sample_rate) / sample_rate
     chirp = 0.5 * np.sin(2 * np.pi * (300 * t + (sample_rate / 2 - 600) / 6 * t ** 2))  # sweeps up to Nyquist
     x = torch.from_numpy(np.stack([chirp, np.random.default_rng(0).normal(0, 0.1, t.size)]).astype(np.float32))
-    ref, got = fe.power_mel(x), MatmulMel(fe.mel)(x)
-    assert got.shape == ref.shape
-    assert (got - ref).abs().max() < 1e-6 * ref.max()
+    ref = fe.power_mel(x)
+    for impl in (MatmulMel, LinearMel):
+        got = impl(fe.mel)(x)
+        assert got.shape == ref.shape
+        assert (got - ref).abs().max() < 1e-6 * ref.max(), impl.__name__
     assert ref[0, -1].max() > 1e-3 * ref.max()  # the chirp lights the top filter: the test covers it
     portable = MelFrontEnd(sample_rate).make_portable()
     assert torch.equal(portable.normalize(ref), fe.normalize(ref))  # median via top-k: the same numbers
@@ -269,3 +271,77 @@ def test_analyze_default_model_runs_without_torch(synth_dataset, tmp_path):
     assert p.returncode == 0, p.stderr
     outs = list((tmp_path / "o").rglob("*.json"))
     assert outs and json.loads(outs[0].read_text())["model"]["model_version"] == "birdsound-xc69-v1"
+
+
+ET_STANDALONE = r"""
+import json, sys, numpy as np, torch
+from executorch.runtime import Runtime
+path, inp, outp = sys.argv[1:4]
+program = Runtime.get().load_program(path)
+meta = json.loads(program.load_method("metadata_json").execute([])[0])
+forward = program.load_method("forward")
+x = torch.from_numpy(np.load(inp))
+np.save(outp, np.concatenate([forward.execute([x[i:i + 1]])[0].numpy() for i in range(len(x))]
+                             + [forward.execute([x[:meta["max_batch"]]])[0].numpy()]))
+print(meta["sample_rate"], meta["model_version"], len(meta["labels"]))
+assert not any(k.startswith("birdsound") for k in sys.modules)
+"""
+
+
+def test_executorch_export_runs_standalone_and_matches_eager(small_model, synth_dataset, tmp_path):
+    """The .pte (XNNPACK delegate, real-valued front end) runs with torch + executorch alone, batch 1 and
+    batch max_batch, and agrees with the eager model; analyze runs it too."""
+    pytest.importorskip("executorch")
+    out = tmp_path / "m.pte"
+    r = CliRunner().invoke(main, ["export", small_model, "-o", str(out), "--format", "executorch",
+                                  "--calibration", synth_dataset, "--windows", "16"])
+    assert r.exit_code == 0, r.output
+    x = np.stack([synth_call(k, 3.0, 80 + i) for i, k in enumerate(SYNTH_SPECIES.values())]
+                 + [np.zeros(96000, np.float32)] * 5)  # 8 windows: digital silence included
+    np.save(tmp_path / "in.npy", x)
+    (tmp_path / "et.py").write_text(ET_STANDALONE)
+    p = subprocess.run([sys.executable, str(tmp_path / "et.py"), str(out), str(tmp_path / "in.npy"),
+                        str(tmp_path / "o.npy")], capture_output=True, text=True, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split()[-3:] == ["32000", "smoke-1", "3"]
+    net, _ = load_checkpoint(small_model)
+    with torch.no_grad():
+        ref = torch.sigmoid(net(torch.from_numpy(x))).numpy()
+    got = np.load(tmp_path / "o.npy")
+    assert np.isfinite(got).all() and np.abs(got[:8] - ref).max() < 1e-4 and np.abs(got[8:] - ref).max() < 1e-4
+    m = load_model(str(out))
+    assert m.kind == "executorch" and m.meta.model_version == "smoke-1"
+    assert np.abs(m.predict(np.concatenate([x, x])) - np.concatenate([ref, ref])).max() < 1e-4  # > max_batch: split
+
+
+def test_coreml_export_keeps_metadata_and_refuses_to_run_off_apple(small_model, synth_dataset, tmp_path):
+    pytest.importorskip("coremltools")
+    out = tmp_path / "m.mlpackage"
+    r = CliRunner().invoke(main, ["export", small_model, "-o", str(out), "--format", "coreml",
+                                  "--calibration", synth_dataset, "--windows", "16"])
+    assert r.exit_code == 0, r.output
+    assert (out / "Manifest.json").exists() and re.search(r"max \|diff\| \d\.\d\de-0[5-9]", r.output)
+    info = CliRunner().invoke(main, ["info", str(out)])
+    assert info.exit_code == 0 and "coreml" in info.output and "smoke-1" in info.output
+    if sys.platform != "darwin":
+        a = CliRunner().invoke(main, ["analyze", synth_dataset, "-m", str(out), "-o", str(tmp_path / "o")])
+        assert a.exit_code == 2 and "run on macOS and iOS only" in a.output
+    q = CliRunner().invoke(main, ["export", small_model, "-o", str(tmp_path / "q.mlpackage"), "--format", "coreml",
+                                  "--quantize", "int8", "--calibration", synth_dataset, "--windows", "8"])
+    assert q.exit_code == 1 and "not supported" in q.output
+
+
+def test_missing_export_extra_is_one_clear_line(small_model, synth_dataset, tmp_path, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_executorch(name, *args, **kwargs):
+        if name.startswith("executorch"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_executorch)
+    r = CliRunner().invoke(main, ["export", small_model, "-o", str(tmp_path / "m.pte"), "--format", "executorch",
+                                  "--calibration", synth_dataset, "--windows", "8"])
+    assert r.exit_code == 1 and "pip install 'birdsound[executorch]'" in r.output
+    assert r.output.count("\n") == 1 and not (tmp_path / "m.pte").exists()
