@@ -126,9 +126,7 @@ def save_onnx(module: nn.Module, meta: dict, path: str, window_samples: int) -> 
     from .runtime import ONNX_METADATA_KEY
 
     wrapped = ProbabilityModel(portable_copy(module)).eval()
-    tmp = f"{path}.part{os.getpid()}"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    try:
+    with _atomic_output(path, "ONNX export") as tmp:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logger("torch.onnx"):
             warnings.simplefilter("ignore")
             # optimize=False: the exporter's optimizer drops ``+ LOG_EPS`` (1e-8 "is close to 0"),
@@ -139,14 +137,6 @@ def save_onnx(module: nn.Module, meta: dict, path: str, window_samples: int) -> 
         model = prog.model_proto
         onnx.helper.set_model_props(model, {ONNX_METADATA_KEY: json.dumps(meta)})
         onnx.save_model(model, tmp)
-        os.replace(tmp, path)
-    except ExportError:
-        raise
-    except Exception as e:
-        raise ExportError(f"{path}: ONNX export failed ({str(e).strip().splitlines()[0][:300]})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def portable_copy(module: nn.Module, linear: bool = False) -> nn.Module:
@@ -174,8 +164,9 @@ def save_executorch(net: BirdNetLite, meta: dict, path: str, window_samples: int
     wrapped = ProbabilityModel(portable_copy(net, linear=True)).eval()
     example = (torch.zeros(2, window_samples),)
     dims = ({0: torch.export.Dim("batch", min=1, max=EXECUTORCH_MAX_BATCH)},)
-    tmp = f"{path}.part{os.getpid()}"
-    try:
+    if quantize not in ("none", "int8"):
+        raise ExportError(f"--format executorch --quantize {quantize}: use none or int8")
+    with _atomic_output(path, "ExecuTorch export") as tmp:
         with warnings.catch_warnings(), _quiet_logger("torch"):
             warnings.simplefilter("ignore")
             ep = torch.export.export(wrapped, example, dynamic_shapes=dims)
@@ -191,28 +182,18 @@ def save_executorch(net: BirdNetLite, meta: dict, path: str, window_samples: int
                     for chunk in torch.from_numpy(calibration).split(EXECUTORCH_MAX_BATCH):
                         prepared(chunk)
                 ep = torch.export.export(convert_pt2e(prepared), example, dynamic_shapes=dims)
-            elif quantize != "none":
-                raise ExportError(f"--format executorch --quantize {quantize}: use none or int8")
             program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
                                                   constant_methods={"metadata_json": json.dumps(meta)}).to_executorch()
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(program.buffer)
-        os.replace(tmp, path)
-    except ExportError:
-        raise
-    except Exception as e:
-        raise ExportError(f"{path}: ExecuTorch export failed ({str(e).strip().splitlines()[0][:300]})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_coreml(net: BirdNetLite, meta: dict, path: str, window_samples: int) -> nn.Module:
     """Convert ``sigmoid(net(pcm))`` to a Core ML ML Program package (``.mlpackage``, iOS 16+,
     input ``pcm`` [1, window_samples], output ``probabilities``) with coremltools; the metadata
     JSON is the package's user-defined metadata ``birdsound_metadata``. Returns the torch
-    module that was converted (real-valued front end) for the parity check."""
+    module that was converted (real-valued front end, :class:`MatmulMel`: coremltools has no
+    ``unfold``) for the parity check."""
     from .runtime import ONNX_METADATA_KEY, import_coremltools
 
     try:
@@ -220,9 +201,8 @@ def save_coreml(net: BirdNetLite, meta: dict, path: str, window_samples: int) ->
     except ImportError:
         raise ExportError("--format coreml needs the coreml extra: pip install 'birdsound[coreml]'") from None
 
-    wrapped = ProbabilityModel(portable_copy(net, linear=True)).eval()
-    tmp = f"{path}.part{os.getpid()}.mlpackage"  # coremltools insists on the extension
-    try:
+    wrapped = ProbabilityModel(portable_copy(net)).eval()
+    with _atomic_output(path, "Core ML conversion", ".mlpackage") as tmp:  # coremltools insists on the extension
         with warnings.catch_warnings(), _quiet_logger("coremltools"), _quiet_logger("torch"), \
                 contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -233,15 +213,27 @@ def save_coreml(net: BirdNetLite, meta: dict, path: str, window_samples: int) ->
         mlmodel.user_defined_metadata[ONNX_METADATA_KEY] = json.dumps(meta)
         mlmodel.short_description = "birdsound: raw 32 kHz mono PCM window in, per-species probabilities out"
         mlmodel.save(tmp)
+    return wrapped
+
+
+@contextlib.contextmanager
+def _atomic_output(path: str, what: str, suffix: str = ""):
+    """Yield a temporary name beside `path` to write to; on success it replaces `path` (file or
+    package folder). Any failure becomes one ExportError naming `path`; the temporary never stays."""
+    tmp = f"{path}.part{os.getpid()}{suffix}"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        yield tmp
         if os.path.isdir(path):
             shutil.rmtree(path)
         os.replace(tmp, path)
+    except ExportError:
+        raise
     except Exception as e:
-        raise ExportError(f"{path}: Core ML conversion failed ({str(e).strip().splitlines()[0][:300]})") from None
+        raise ExportError(f"{path}: {what} failed ({str(e).strip().splitlines()[0][:300]})") from None
     finally:
         if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-    return wrapped
+            _remove(tmp)
 
 
 @contextlib.contextmanager
@@ -257,18 +249,15 @@ def _quiet_logger(name: str):
 
 def save(scripted: torch.jit.ScriptModule, meta: dict, path: str, fmt: str) -> None:
     """Write a TorchScript (``torchscript``) or lite-interpreter (``lite``) file atomically."""
+    if fmt not in ("lite", "torchscript"):
+        raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     extra = {"metadata.json": json.dumps(meta)}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.part{os.getpid()}"
-    with warnings.catch_warnings():
+    with _atomic_output(path, "TorchScript export") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         if fmt == "lite":
             scripted._save_for_lite_interpreter(tmp, _extra_files=extra)
-        elif fmt == "torchscript":
-            torch.jit.save(scripted, tmp, _extra_files=extra)
         else:
-            raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
-    os.replace(tmp, path)
+            torch.jit.save(scripted, tmp, _extra_files=extra)
 
 
 def parity(reference: nn.Module, predict, windows: np.ndarray) -> dict:

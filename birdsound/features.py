@@ -160,12 +160,8 @@ class LinearMel(_SplitDft):
 
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:
         """``[B, S]`` -> ``[B, n_mels, T]``."""
-        frames = 1 + (pcm.shape[-1] - self.n_fft) // self.hop
-        dev = pcm.device  # stepped aranges, no int * scalar: pt2e quantization turns scalars into float tensors
-        idx = (torch.arange(0, frames * self.hop, self.hop, device=dev)[:, None, None]
-               + torch.arange(self.n2, device=dev)[:, None]
-               + torch.arange(0, self.n_fft, self.n2, device=dev))  # [T, b, a]: sample n2*a + b of frame T
-        x = pcm[:, idx] * self.win  # [B, T, b, a]
+        frames = pcm.unfold(-1, self.n_fft, self.hop)  # [B, T, n_fft] (ExecuTorch: a strided copy, 10x an index gather)
+        x = frames.reshape(pcm.shape[0], -1, self.n1, self.n2).transpose(-1, -2) * self.win  # [B, T, b, a]
         y = F.linear(x, self.dft_a).transpose(-1, -2)  # [B, T, 2*k1, b]: re rows, then im rows
         yr, yi = y[:, :, :self.n1], y[:, :, self.n1:]
         zr, zi = yr * self.tw_cos - yi * self.tw_sin, yr * self.tw_sin + yi * self.tw_cos  # twiddled [B,T,k1,b]

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -94,6 +95,7 @@ class Classifier:
         self.path = path
         self.kind = kind
         self.net = net
+        self._local = threading.local()  # ExecuTorch: one loaded method per thread (its buffers are its own)
 
     @property
     def labels(self) -> list[str]:
@@ -111,8 +113,11 @@ class Classifier:
         import torch
 
         if self.kind == "executorch":  # the program takes at most meta.extra["max_batch"] windows per call
+            forward = getattr(self._local, "forward", None)
+            if forward is None:
+                forward = self._local.forward = self.module.load_method("forward")
             step = int(self.meta.extra.get("max_batch", 1))
-            return np.concatenate([self.module.execute([torch.from_numpy(x[i:i + step])])[0].numpy()
+            return np.concatenate([forward.execute([torch.from_numpy(x[i:i + step])])[0].numpy()
                                    for i in range(0, len(x), step)])
 
         with torch.inference_mode():
@@ -146,7 +151,7 @@ def load_model(path: str | None = None, threads: int | None = None) -> Classifie
     with open(path, "rb") as f:
         head = f.read(8)
     if head[4:8] == b"ET12" or (path.lower().endswith(".pte") and not zipfile.is_zipfile(path)):
-        return _load_executorch(path)
+        return _load_executorch(path, threads)
     if not zipfile.is_zipfile(path):
         if path.lower().endswith(".onnx") or head[:1] == b"\x08":
             return _load_onnx(path, threads)
@@ -237,12 +242,13 @@ def _load_coreml(path: str) -> Classifier:
     return Classifier(module, _parse_meta(raw, path), path, "coreml")
 
 
-def _load_executorch(path: str) -> Classifier:
+def _load_executorch(path: str, threads: int | None) -> Classifier:
     # quiet: importing executorch logs a torch deprecation line, and its runtime's first run logs
     # CPU-probing lines from C++ on x86; errors still raise
     with _quiet_stderr():
         try:
             import torch
+            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
             from executorch.runtime import Runtime
         except ImportError:
             raise ModelError(f"{path}: ExecuTorch programs need executorch: pip install 'birdsound[executorch]'") from None
@@ -254,11 +260,13 @@ def _load_executorch(path: str) -> Classifier:
         if "metadata_json" not in program.method_names:
             raise ModelError(f"{path}: ExecuTorch program without birdsound metadata (not exported by birdsound)")
         meta = _parse_meta(program.load_method("metadata_json").execute([])[0], path)
+        if threads:  # XNNPACK's thread pool is process-wide
+            _unsafe_reset_threadpool(threads)
         try:
             forward.execute([torch.zeros(1, meta.window_samples)])
         except Exception as e:
             raise ModelError(f"{path}: ExecuTorch program does not run ({first_line(e)})") from None
-    return Classifier(forward, meta, path, "executorch")
+    return Classifier(program, meta, path, "executorch")
 
 
 @contextlib.contextmanager

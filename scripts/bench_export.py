@@ -1,11 +1,15 @@
 """Size, per-window latency and parity of each export format of a model; prints JSON.
 
 Usage: python scripts/bench_export.py [MODEL] [--threads 1] [--calibration PATH]
+
+Formats whose extra is not installed are reported as skipped. Core ML cannot run on Linux:
+its row has size and the parity of the converted torch graph, no latency.
 """
 
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -42,12 +46,21 @@ def main():
     x1, x32 = torch.from_numpy(wins[:1]), torch.from_numpy(wins[:32])
     out["eager"] = {"ms_per_window_b1": latency_ms(net, x1), "ms_per_window_b32": latency_ms(net, x32)}
     tmp = tempfile.mkdtemp()
-    for fmt, q in [("torchscript", "none"), ("lite", "none"), ("lite", "dynamic"), ("torchscript", "int8"), ("lite", "int8")]:
-        path = os.path.join(tmp, f"m_{q}.{'ptl' if fmt == 'lite' else 'pt'}")
-        rep = ex.export(net, meta, path, fmt, q, wins, labels)
-        m = load_model(path).module
-        rep.update(ms_per_window_b1=latency_ms(m, x1), ms_per_window_b32=latency_ms(m, x32),
-                   size_mb=rep["size_bytes"] / 1e6)
+    ext = {"torchscript": "pt", "lite": "ptl", "onnx": "onnx", "executorch": "pte", "coreml": "mlpackage"}
+    for fmt, q in [("torchscript", "none"), ("lite", "none"), ("lite", "dynamic"), ("torchscript", "int8"),
+                   ("lite", "int8"), ("onnx", "none"), ("executorch", "none"), ("executorch", "int8"),
+                   ("coreml", "none")]:
+        path = os.path.join(tmp, f"m_{q}.{ext[fmt]}")
+        try:
+            rep = ex.export(net, meta, path, fmt, q, wins, labels)
+        except ex.ExportError as e:
+            out["formats"].append({"format": fmt, "quantize": q, "skipped": str(e)})
+            continue
+        rep.update(size_mb=rep["size_bytes"] / 1e6)
+        if fmt != "coreml" or sys.platform == "darwin":
+            m = load_model(path, threads=a.threads)
+            predict = m.module if m.kind in ("torchscript", "lite") else (lambda x, m=m: m.predict(x.numpy()))
+            rep.update(ms_per_window_b1=latency_ms(predict, x1), ms_per_window_b32=latency_ms(predict, x32))
         rep.pop("file")
         out["formats"].append(rep)
     print(json.dumps(out, indent=1))

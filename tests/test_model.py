@@ -1,5 +1,6 @@
 """Model files: checkpoints, training smoke test, head-only transfer, export and parity."""
 
+import importlib.util
 import json
 import re
 import os
@@ -15,6 +16,12 @@ from click.testing import CliRunner
 from birdsound.cli import main
 from birdsound.model import BirdNetLite, ModelError, load_checkpoint, load_model
 from conftest import SR, SYNTH_SPECIES, synth_call
+
+
+def export_cli(model: str, out, fmt: str, calibration: str, windows: int = 16, quantize: str = "none"):
+    """``birdsound export`` through click; returns the result."""
+    return CliRunner().invoke(main, ["export", model, "-o", str(out), "--format", fmt, "--quantize", quantize,
+                                     "--calibration", calibration, "--windows", str(windows)])
 
 
 def test_smoke_training_learns_synthetic_species(small_model):
@@ -63,6 +70,11 @@ def test_corrupted_model_file(small_model, tmp_path):
     p.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelError, match=str(p)):
         load_model(str(p))
+    if importlib.util.find_spec("executorch"):  # a .pte that is not one
+        bad = tmp_path / "bad.pte"
+        bad.write_bytes(b"\x3c\x00\x00\x00ET12" + b"\x00" * 64)
+        with pytest.raises(ModelError, match=f"{bad}: damaged ExecuTorch program"):
+            load_model(str(bad))
 
 
 def test_size_and_cost_within_budget():
@@ -126,8 +138,7 @@ assert not any(k.startswith("birdsound") for k in sys.modules)
                                        ("torchscript", "int8"), ("lite", "int8")])
 def test_export_runs_standalone_and_matches_eager(small_model, synth_dataset, tmp_path, fmt, quant):
     out = tmp_path / f"m.{'ptl' if fmt == 'lite' else 'pt'}"
-    r = CliRunner().invoke(main, ["export", small_model, "-o", str(out), "--format", fmt, "--quantize", quant,
-                                  "--calibration", synth_dataset, "--windows", "32"])
+    r = export_cli(small_model, out, fmt, synth_dataset, 32, quant)
     assert r.exit_code == 0, r.output
     assert re.search(r"parity on \d+ real windows", r.output)
     x = np.stack([synth_call(k, 3.0, 50 + i) for i, k in enumerate(SYNTH_SPECIES.values())])
@@ -184,8 +195,7 @@ assert "torch" not in sys.modules and not any(k.startswith("birdsound") for k in
 def test_onnx_export_runs_without_torch_and_matches_eager(small_model, synth_dataset, tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "m.onnx"
-    r = CliRunner().invoke(main, ["export", small_model, "-o", str(out), "--format", "onnx",
-                                  "--calibration", synth_dataset, "--windows", "32"])
+    r = export_cli(small_model, out, "onnx", synth_dataset, 32)
     assert r.exit_code == 0, r.output
     x = np.stack([synth_call(k, 3.0, 60 + i) for i, k in enumerate(SYNTH_SPECIES.values())] + [np.zeros(96000, np.float32)])
     np.save(tmp_path / "in.npy", x)
@@ -293,8 +303,7 @@ def test_executorch_export_runs_standalone_and_matches_eager(small_model, synth_
     batch max_batch, and agrees with the eager model; analyze runs it too."""
     pytest.importorskip("executorch")
     out = tmp_path / "m.pte"
-    r = CliRunner().invoke(main, ["export", small_model, "-o", str(out), "--format", "executorch",
-                                  "--calibration", synth_dataset, "--windows", "16"])
+    r = export_cli(small_model, out, "executorch", synth_dataset)
     assert r.exit_code == 0, r.output
     x = np.stack([synth_call(k, 3.0, 80 + i) for i, k in enumerate(SYNTH_SPECIES.values())]
                  + [np.zeros(96000, np.float32)] * 5)  # 8 windows: digital silence included
@@ -317,8 +326,7 @@ def test_executorch_export_runs_standalone_and_matches_eager(small_model, synth_
 def test_coreml_export_keeps_metadata_and_refuses_to_run_off_apple(small_model, synth_dataset, tmp_path):
     pytest.importorskip("coremltools")
     out = tmp_path / "m.mlpackage"
-    r = CliRunner().invoke(main, ["export", small_model, "-o", str(out), "--format", "coreml",
-                                  "--calibration", synth_dataset, "--windows", "16"])
+    r = export_cli(small_model, out, "coreml", synth_dataset)
     assert r.exit_code == 0, r.output
     assert (out / "Manifest.json").exists() and re.search(r"max \|diff\| \d\.\d\de-0[5-9]", r.output)
     info = CliRunner().invoke(main, ["info", str(out)])
@@ -326,8 +334,7 @@ def test_coreml_export_keeps_metadata_and_refuses_to_run_off_apple(small_model, 
     if sys.platform != "darwin":
         a = CliRunner().invoke(main, ["analyze", synth_dataset, "-m", str(out), "-o", str(tmp_path / "o")])
         assert a.exit_code == 2 and "run on macOS and iOS only" in a.output
-    q = CliRunner().invoke(main, ["export", small_model, "-o", str(tmp_path / "q.mlpackage"), "--format", "coreml",
-                                  "--quantize", "int8", "--calibration", synth_dataset, "--windows", "8"])
+    q = export_cli(small_model, tmp_path / "q.mlpackage", "coreml", synth_dataset, 8, "int8")
     assert q.exit_code == 1 and "not supported" in q.output
 
 
@@ -341,7 +348,6 @@ def test_missing_export_extra_is_one_clear_line(small_model, synth_dataset, tmp_
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_executorch)
-    r = CliRunner().invoke(main, ["export", small_model, "-o", str(tmp_path / "m.pte"), "--format", "executorch",
-                                  "--calibration", synth_dataset, "--windows", "8"])
+    r = export_cli(small_model, tmp_path / "m.pte", "executorch", synth_dataset, 8)
     assert r.exit_code == 1 and "pip install 'birdsound[executorch]'" in r.output
     assert r.output.count("\n") == 1 and not (tmp_path / "m.pte").exists()
