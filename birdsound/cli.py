@@ -24,14 +24,14 @@ def fail(msg: str, code: int = 2) -> None:
 def load_model_or_fail(path: str | None, threads: int | None = None, fast: bool = False, run: bool = True):
     """Open a model file (None: the shipped one, its ONNX export with `fast`), or exit with one line;
     `threads` also sets torch's (process-wide) threads for torch models (ONNX models run without torch)."""
-    from .runtime import ModelError, default_model_path, load_model
+    from .runtime import COREML_ELSEWHERE, ModelError, default_model_path, load_model
 
     try:
         model = load_model(path or default_model_path(fast), threads=threads)
     except ModelError as e:
         fail(f"--model {e}")
-    if run and model.kind == "coreml" and model.module is None:
-        fail(f"--model {model.path}: Core ML packages run on macOS and iOS only; use the .pt, .onnx or .pte here")
+    if run and not model.runnable:
+        fail(f"--model {model.path}: {COREML_ELSEWHERE}")
     if threads and model.kind not in ("onnx", "coreml"):
         import torch
 
@@ -55,7 +55,7 @@ def detection_flags(f):
     """Options shared by analyze and listen (same rules for batch and live)."""
     opts = [
         click.option("-m", "--model", "model_path", type=click.Path(),
-                     help="Model file: birdsound checkpoint, exported .pt/.ptl or .onnx (default: the shipped model; "
+                     help="Model file: birdsound checkpoint, exported .pt/.ptl/.onnx/.pte (default: the shipped model; "
                           "analyze and listen run its ONNX export with onnxruntime)."),
         click.option("--overlap", type=float, default=0.0, show_default=True,
                      help="Overlap of consecutive windows in seconds (0 to window - 0.1)."),
@@ -168,9 +168,9 @@ def info(model_path, show_labels):
     """Show a model's species, sample rate, window, size and metadata (default: shipped model)."""
     model = load_model_or_fail(model_path, run=False)
     m = model.meta
-    from .export import _size
+    from .runtime import file_size
 
-    size = _size(model.path)
+    size = file_size(model.path)
     click.echo(f"file:           {model.path} ({model.kind}, {size / 1e6:.2f} MB)")
     click.echo(f"model version:  {m.model_version}")
     click.echo(f"licence:        {m.license}")

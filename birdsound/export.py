@@ -313,7 +313,7 @@ def calibration_windows(sources: list[str], sample_rate: int, window: int, max_w
 def export(net: BirdNetLite, meta: Metadata, out: str, fmt: str, quantize: str, windows: np.ndarray,
            window_labels: list[str]) -> dict:
     """Build, save, reload and parity-check an exported file; raises ExportError when refused."""
-    from .runtime import load_model
+    from .runtime import file_size, load_model
 
     if fmt == "onnx" and quantize != "none":
         raise ExportError(f"--format onnx --quantize {quantize}: not supported; quantized models are exported "
@@ -347,7 +347,7 @@ def export(net: BirdNetLite, meta: Metadata, out: str, fmt: str, quantize: str, 
         predict = load_model(out).predict
     with torch.inference_mode():
         p = parity(net, predict, windows)
-    report = {"file": out, "format": fmt, "quantize": quantize, "size_bytes": _size(out), "note": note,
+    report = {"file": out, "format": fmt, "quantize": quantize, "size_bytes": file_size(out), "note": note,
               "windows": p["windows"], "max_abs_diff": p["max_abs_diff"], "top1_agreement": p["top1_agreement"]}
     known = [i for i, l in enumerate(window_labels) if l in meta.labels]
     if quantize != "none" and known:
@@ -366,12 +366,6 @@ def export(net: BirdNetLite, meta: Metadata, out: str, fmt: str, quantize: str, 
         _remove(out)
         raise ExportError(f"{out}: {quantize} top-1 agreement {p['top1_agreement']:.3f} < {INT8_MIN_TOP1_AGREEMENT}; file removed")
     return report
-
-
-def _size(path: str) -> int:
-    if os.path.isdir(path):  # a package (.mlpackage)
-        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-    return os.path.getsize(path)
 
 
 def _remove(path: str) -> None:

@@ -6,10 +6,11 @@ power mel once per recording and apply augmentations in the power domain:
 
 ``pcm [B, S] --power_mel--> [B, N_MELS, T] --normalize--> [B, 1, N_MELS, T]``
 
-After ``make_portable()`` (exports to ONNX and ExecuTorch) the same numbers come from
-real-valued operations only: the FFT as two matrix products (:class:`MatmulMel`,
-:class:`LinearMel`) and the median with top-k. Runtimes without complex tensors accept that graph, and onnxruntime runs it
-2.5x faster than its STFT operator; torch itself is faster with ``torch.stft``.
+After ``make_portable()`` (exports to ONNX, ExecuTorch and Core ML) the same numbers come
+from real-valued operations only: the FFT as two matrix products (:class:`MatmulMel`,
+:class:`LinearMel`) and the median with top-k. Runtimes without complex tensors accept that
+graph, and onnxruntime runs it 2.5x faster than its STFT operator; torch itself is faster
+with ``torch.stft``, so checkpoints and TorchScript keep torchaudio's.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class MelFrontEnd(nn.Module):
             f_max=min(fmax, sample_rate / 2), n_mels=n_mels, center=False, power=2.0,
             norm="slaney", mel_scale="slaney",
         )
-        self.matmul: nn.Module | None = None
+        self.matmul: nn.Module | None = None  # set by make_portable
 
     def make_portable(self, linear: bool = False) -> "MelFrontEnd":
         """Compute with real-valued operations only: the FFT as matrix products (:class:`MatmulMel`,

@@ -37,6 +37,7 @@ DEFAULT_MODEL_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspat
                                   "models", "birdsound_default.pt")
 DEFAULT_ONNX_PATH = os.path.splitext(DEFAULT_MODEL_PATH)[0] + ".onnx"  # the same model exported, for speed
 ONNX_METADATA_KEY = "birdsound_metadata"
+COREML_ELSEWHERE = "Core ML packages run on macOS and iOS only; use the .pt, .onnx or .pte here"
 
 
 class ModelError(Exception):
@@ -101,14 +102,19 @@ class Classifier:
     def labels(self) -> list[str]:
         return self.meta.labels
 
+    @property
+    def runnable(self) -> bool:
+        """False for a Core ML package off Apple systems (metadata only)."""
+        return self.module is not None
+
     def predict(self, windows: np.ndarray) -> np.ndarray:
         """``float32 [B, window_samples]`` at ``meta.sample_rate`` -> probabilities ``[B, n_labels]``."""
         x = np.ascontiguousarray(windows, dtype=np.float32)
         if self.kind == "onnx":
             return self.module.run(None, {self.module.get_inputs()[0].name: x})[0]
         if self.kind == "coreml":
-            if self.module is None:
-                raise ModelError(f"{self.path}: Core ML packages run on macOS and iOS only; use the .pt, .onnx or .pte here")
+            if not self.runnable:
+                raise ModelError(f"{self.path}: {COREML_ELSEWHERE}")
             return np.concatenate([self.module.predict({"pcm": w[None]})["probabilities"] for w in x])
         import torch
 
@@ -122,6 +128,13 @@ class Classifier:
 
         with torch.inference_mode():
             return self.module(torch.from_numpy(x)).numpy()
+
+
+def file_size(path: str) -> int:
+    """Bytes of a model file, or of all files of a package folder (``.mlpackage``)."""
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    return os.path.getsize(path)
 
 
 def default_model_path(fast: bool = False) -> str:
