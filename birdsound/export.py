@@ -175,8 +175,8 @@ def save_executorch(net: BirdNetLite, meta: dict, path: str, window_samples: int
                     XNNPACKQuantizer, get_symmetric_quantization_config)
                 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-                config = get_symmetric_quantization_config(is_per_channel=True)  # the mel front end stays float
-                quantizer = XNNPACKQuantizer().set_module_name("net.backbone", config).set_module_name("net.head", config)
+                quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+                quantizer.set_filter_function(_outside_frontend)  # the mel front end stays float
                 prepared = prepare_pt2e(ep.module(), quantizer)
                 with torch.no_grad():
                     for chunk in torch.from_numpy(calibration).split(EXECUTORCH_MAX_BATCH):
@@ -186,6 +186,11 @@ def save_executorch(net: BirdNetLite, meta: dict, path: str, window_samples: int
                                                   constant_methods={"metadata_json": json.dumps(meta)}).to_executorch()
         with open(tmp, "wb") as f:
             f.write(program.buffer)
+
+
+def _outside_frontend(node) -> bool:
+    """pt2e quantizer filter: False for graph nodes of the mel front end."""
+    return not any(str(path).startswith("net.frontend") for path, _ in node.meta.get("nn_module_stack", {}).values())
 
 
 def save_coreml(net: BirdNetLite, meta: dict, path: str, window_samples: int) -> nn.Module:

@@ -298,13 +298,20 @@ assert not any(k.startswith("birdsound") for k in sys.modules)
 """
 
 
-def test_executorch_export_runs_standalone_and_matches_eager(small_model, synth_dataset, tmp_path):
-    """The .pte (XNNPACK delegate, real-valued front end) runs with torch + executorch alone, batch 1 and
-    batch max_batch, and agrees with the eager model; analyze runs it too."""
+@pytest.fixture(scope="module")
+def pte_fp32(small_model, synth_dataset, tmp_path_factory):
+    """The small model exported to ExecuTorch (fp32)."""
     pytest.importorskip("executorch")
-    out = tmp_path / "m.pte"
-    r = export_cli(small_model, out, "executorch", synth_dataset)
+    out = tmp_path_factory.mktemp("pte") / "none.pte"
+    r = export_cli(small_model, out, "executorch", synth_dataset, 32)
     assert r.exit_code == 0, r.output
+    return out
+
+
+def test_executorch_export_runs_standalone_and_matches_eager(small_model, pte_fp32, tmp_path):
+    """The .pte (XNNPACK delegate, real-valued front end) runs with torch + executorch alone, batch 1 and
+    batch max_batch, and agrees with the eager model."""
+    out = pte_fp32
     x = np.stack([synth_call(k, 3.0, 80 + i) for i, k in enumerate(SYNTH_SPECIES.values())]
                  + [np.zeros(96000, np.float32)] * 5)  # 8 windows: digital silence included
     np.save(tmp_path / "in.npy", x)
@@ -321,6 +328,17 @@ def test_executorch_export_runs_standalone_and_matches_eager(small_model, synth_
     m = load_model(str(out))
     assert m.kind == "executorch" and m.meta.model_version == "smoke-1"
     assert np.abs(m.predict(np.concatenate([x, x])) - np.concatenate([ref, ref])).max() < 1e-4  # > max_batch: split
+
+
+def test_executorch_int8_quantizes_the_cnn_not_the_front_end(small_model, synth_dataset, pte_fp32, tmp_path):
+    out = tmp_path / "int8.pte"
+    r = export_cli(small_model, out, "executorch", synth_dataset, 32, "int8")
+    assert r.exit_code == 0, r.output
+    sizes = {"none": os.path.getsize(pte_fp32), "int8": os.path.getsize(out)}
+    assert sizes["int8"] < 0.6 * sizes["none"], sizes  # the CNN's weights are int8 (front-end matrices stay float)
+    x = np.stack([synth_call(k, 3.0, 90 + i) for i, k in enumerate(SYNTH_SPECIES.values())])
+    ref, got = (load_model(str(p)).predict(x) for p in (pte_fp32, out))
+    assert (got.argmax(1) == ref.argmax(1)).all() and np.abs(got - ref).max() < 0.15
 
 
 def test_coreml_export_keeps_metadata_and_refuses_to_run_off_apple(small_model, synth_dataset, tmp_path):
