@@ -255,16 +255,32 @@ def _load_coreml(path: str) -> Classifier:
     return Classifier(module, _parse_meta(raw, path), path, "coreml")
 
 
+_executorch_pool_fixed = False
+
+
+def executorch_threads(threads: int | None) -> None:
+    """Size ExecuTorch's process-wide XNNPACK thread pool. Only the first call in a process acts
+    (resizing the pool after a program has run crashes); None keeps the default (all cores)."""
+    global _executorch_pool_fixed
+    if _executorch_pool_fixed:
+        return
+    _executorch_pool_fixed = True
+    if threads:
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+        _unsafe_reset_threadpool(threads)
+
+
 def _load_executorch(path: str, threads: int | None) -> Classifier:
     # quiet: importing executorch logs a torch deprecation line, and its runtime's first run logs
     # CPU-probing lines from C++ on x86; errors still raise
     with _quiet_stderr():
         try:
             import torch
-            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
             from executorch.runtime import Runtime
         except ImportError:
             raise ModelError(f"{path}: ExecuTorch programs need executorch: pip install 'birdsound[executorch]'") from None
+        executorch_threads(threads)
         try:
             program = Runtime.get().load_program(path)
             forward = program.load_method("forward")
@@ -273,8 +289,6 @@ def _load_executorch(path: str, threads: int | None) -> Classifier:
         if "metadata_json" not in program.method_names:
             raise ModelError(f"{path}: ExecuTorch program without birdsound metadata (not exported by birdsound)")
         meta = _parse_meta(program.load_method("metadata_json").execute([])[0], path)
-        if threads:  # XNNPACK's thread pool is process-wide
-            _unsafe_reset_threadpool(threads)
         try:
             forward.execute([torch.zeros(1, meta.window_samples)])
         except Exception as e:

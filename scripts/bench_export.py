@@ -40,6 +40,11 @@ def main():
     a = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(a.threads)
+    try:  # before any ExecuTorch program runs (the export's parity check runs one)
+        from birdsound.runtime import executorch_threads
+        executorch_threads(a.threads)
+    except ImportError:
+        pass
     net, meta = load_checkpoint(a.model)
     wins, labels = ex.calibration_windows([a.calibration], meta.sample_rate, meta.window_samples, 512)
     out = {"model": meta.model_version, "threads": a.threads, "windows": len(wins), "formats": []}

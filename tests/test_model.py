@@ -330,6 +330,17 @@ def test_executorch_export_runs_standalone_and_matches_eager(small_model, pte_fp
     assert np.abs(m.predict(np.concatenate([x, x])) - np.concatenate([ref, ref])).max() < 1e-4  # > max_batch: split
 
 
+def test_executorch_loads_again_with_other_threads(pte_fp32):
+    """XNNPACK's pool is process-wide and resizing it after use crashed the process: a second load with
+    another thread count must keep working (subprocess: a crash must not take pytest down)."""
+    code = ("import sys, numpy as np; from birdsound.runtime import load_model\n"
+            "a = load_model(sys.argv[1]); a.predict(np.zeros((8, 96000), np.float32))\n"
+            "b = load_model(sys.argv[1], threads=1); b.predict(np.zeros((8, 96000), np.float32))\n"
+            "a.predict(np.zeros((1, 96000), np.float32)); print('ok')\n")
+    p = subprocess.run([sys.executable, "-c", code, str(pte_fp32)], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", (p.returncode, p.stderr[-500:])
+
+
 def test_executorch_int8_quantizes_the_cnn_not_the_front_end(small_model, synth_dataset, pte_fp32, tmp_path):
     out = tmp_path / "int8.pte"
     r = export_cli(small_model, out, "executorch", synth_dataset, 32, "int8")
