@@ -276,6 +276,17 @@ def parity(reference: nn.Module, predict, windows: np.ndarray) -> dict:
             "top1_agreement": float(np.mean(ref.argmax(1) == out.argmax(1))), "reference": ref, "exported": out}
 
 
+def float64_errors(reference: nn.Module, p: dict, windows: np.ndarray) -> tuple[float, float]:
+    """Max |error| of the eager float32 model and of the export against a float64 run of `reference`
+    on `windows` (`p` from :func:`parity`): two float32 implementations of one FFT can differ by more
+    than either differs from the exact result, in the quietest mel bins where log magnifies rounding."""
+    ref64 = copy.deepcopy(reference).double().eval()
+    x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float64))
+    with torch.inference_mode():
+        exact = torch.cat([torch.sigmoid(ref64(c)) for c in x.split(32)]).numpy()
+    return float(np.abs(p["reference"] - exact).max()), float(np.abs(p["exported"] - exact).max())
+
+
 def calibration_windows(sources: list[str], sample_rate: int, window: int, max_windows: int = 256,
                         seed: int = 0) -> tuple[np.ndarray, list[str]]:
     """Up to `max_windows` real audio windows from files/folders or a training manifest CSV.
@@ -364,9 +375,18 @@ def export(net: BirdNetLite, meta: Metadata, out: str, fmt: str, quantize: str, 
         ap_ref, _ = macro_ap(T, p["reference"][known])
         ap_q, _ = macro_ap(T, p["exported"][known])
         report.update(macro_ap_fp32=ap_ref, macro_ap_exported=ap_q, macro_ap_drop=ap_ref - ap_q)
-    if quantize == "none" and not p["max_abs_diff"] <= FP32_TOLERANCE:  # NaN fails too
+    fp32_ok = p["max_abs_diff"] <= FP32_TOLERANCE  # NaN fails too
+    if quantize == "none" and not fp32_ok and p["exported"] is not None and np.isfinite(p["exported"]).all():
+        # still accepted when the export is as exact as the eager model itself, against a float64 run
+        eager_err, export_err = float64_errors(net, p, windows)
+        report.update(float64_error_eager=eager_err, float64_error_exported=export_err)
+        fp32_ok = export_err <= eager_err + FP32_TOLERANCE / 2
+        report["note"] = "; ".join(filter(None, [report["note"], (
+            f"vs a float64 run of the model: eager {eager_err:.1e}, exported {export_err:.1e}")]))
+    if quantize == "none" and not fp32_ok:
         _remove(out)
-        raise ExportError(f"{out}: fp32 parity failed, max |diff| {p['max_abs_diff']:.2e} > {FP32_TOLERANCE:g}; file removed")
+        raise ExportError(f"{out}: fp32 parity failed, max |diff| {p['max_abs_diff']:.2e} > {FP32_TOLERANCE:g}"
+                          f"{' (' + report['note'] + ')' if report['note'] else ''}; file removed")
     if quantize != "none" and not (p["top1_agreement"] >= INT8_MIN_TOP1_AGREEMENT and np.isfinite(p["exported"]).all()):
         _remove(out)
         raise ExportError(f"{out}: {quantize} top-1 agreement {p['top1_agreement']:.3f} < {INT8_MIN_TOP1_AGREEMENT}; file removed")
