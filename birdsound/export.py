@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import warnings
+from typing import Callable
 
 import numpy as np
 import torch
@@ -326,41 +327,45 @@ def calibration_windows(sources: list[str], sample_rate: int, window: int, max_w
     return np.stack(wins[:max_windows]), labels[:max_windows]
 
 
-def export(net: BirdNetLite, meta: Metadata, out: str, fmt: str, quantize: str, windows: np.ndarray,
-           window_labels: list[str]) -> dict:
-    """Build, save, reload and parity-check an exported file; raises ExportError when refused."""
-    from .runtime import file_size, load_model
+def write_export(net: BirdNetLite, meta: Metadata, out: str, fmt: str, quantize: str,
+                 windows: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """Write `out` in `fmt`; returns (predict of what was written, a note for the parity line)."""
+    from .runtime import load_model
 
-    if fmt == "onnx" and quantize != "none":
-        raise ExportError(f"--format onnx --quantize {quantize}: not supported; quantized models are exported "
-                          "as --format lite, torchscript or executorch")
     if quantize not in QUANTIZE:
         raise ValueError(f"unknown quantization {quantize!r}")
-    if fmt == "coreml" and quantize != "none":
-        raise ExportError(f"--format coreml --quantize {quantize}: not supported; Core ML packages are fp32")
+    if fmt in ("onnx", "coreml") and quantize != "none":
+        raise ExportError(f"--format {fmt} --quantize {quantize}: not supported; quantized models are exported "
+                          "as --format lite, torchscript or executorch")
     emeta = metadata_for_export(meta, quantize, fmt)
-    note = ""
     if fmt == "coreml":
         emeta["input_shape"] = [1, meta.window_samples]
         converted = save_coreml(net, emeta, out, meta.window_samples)
         if sys.platform == "darwin":
-            predict = load_model(out).predict
-        else:  # Core ML runs on Apple systems only: check the graph that was converted
-            note = "Core ML cannot run here (not macOS): parity is of the converted torch graph"
-            predict = lambda x: converted(torch.from_numpy(x)).detach().numpy()  # noqa: E731
+            return load_model(out).predict, ""
+        # Core ML runs on Apple systems only: check the graph that was converted
+        return (lambda x: converted(torch.from_numpy(x)).detach().numpy(),
+                "Core ML cannot run here (not macOS): parity is of the converted torch graph")
+    if fmt == "executorch":
+        emeta.update(input_shape=[f"batch (1..{EXECUTORCH_MAX_BATCH})", meta.window_samples],
+                     max_batch=EXECUTORCH_MAX_BATCH)
+        save_executorch(net, emeta, out, meta.window_samples, quantize, windows)
     else:
-        if fmt == "executorch":
-            emeta.update(input_shape=[f"batch (1..{EXECUTORCH_MAX_BATCH})", meta.window_samples],
-                         max_batch=EXECUTORCH_MAX_BATCH)
-            save_executorch(net, emeta, out, meta.window_samples, quantize, windows)
+        module: nn.Module = {"none": lambda: net, "dynamic": lambda: quantize_dynamic(net),
+                             "int8": lambda: quantize_static(net, windows)}[quantize]()
+        if fmt == "onnx":
+            save_onnx(module, emeta, out, meta.window_samples)
         else:
-            module: nn.Module = {"none": lambda: net, "dynamic": lambda: quantize_dynamic(net),
-                                 "int8": lambda: quantize_static(net, windows)}[quantize]()
-            if fmt == "onnx":
-                save_onnx(module, emeta, out, meta.window_samples)
-            else:
-                save(script(module), emeta, out, fmt)
-        predict = load_model(out).predict
+            save(script(module), emeta, out, fmt)
+    return load_model(out).predict, ""
+
+
+def export(net: BirdNetLite, meta: Metadata, out: str, fmt: str, quantize: str, windows: np.ndarray,
+           window_labels: list[str]) -> dict:
+    """Build, save, reload and parity-check an exported file; raises ExportError when refused."""
+    from .runtime import file_size
+
+    predict, note = write_export(net, meta, out, fmt, quantize, windows)
     with torch.inference_mode():
         p = parity(net, predict, windows)
     report = {"file": out, "format": fmt, "quantize": quantize, "size_bytes": file_size(out), "note": note,
