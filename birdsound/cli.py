@@ -331,6 +331,10 @@ def export(model_path, out, fmt, quantize, calib, n_windows):
         fail("no --calibration given and the default training manifest is missing")
     try:
         windows, labels = ex.calibration_windows(sources, meta.sample_rate, meta.window_samples, n_windows)
+    except ex.ExportError as e:
+        hint = "" if calib else " (its recordings live in ../shared/data; pass --calibration AUDIO_FOLDER)"
+        fail(f"{e}{hint}")
+    try:
         rep = ex.export(net, meta, out, fmt, quantize, windows, labels)
     except ex.ExportError as e:
         fail(str(e), code=1)

@@ -407,3 +407,16 @@ def test_fp32_parity_judged_against_float64_when_over_tolerance(small_model, syn
     r = export_cli(small_model, out, "torchscript", synth_dataset, 8)
     assert "vs a float64 run of the model" in r.output
     assert (r.exit_code == 0 and out.exists()) if accepted else (r.exit_code == 1 and not out.exists()), r.output
+
+
+def test_export_without_usable_calibration_audio_says_what_to_do(small_model, tmp_path, monkeypatch):
+    from birdsound import cli
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,species\nnowhere/a.wav,Testus altus_High Tone\n")
+    monkeypatch.setattr(cli, "DEFAULT_CALIBRATION", str(manifest))
+    r = CliRunner().invoke(main, ["export", small_model, "-o", str(tmp_path / "m.pt")])
+    assert r.exit_code == 2 and "pass --calibration AUDIO_FOLDER" in r.output, r.output
+    (tmp_path / "empty").mkdir()
+    r = CliRunner().invoke(main, ["export", small_model, "-o", str(tmp_path / "m.pt"), "--calibration", str(tmp_path / "empty")])
+    assert r.exit_code == 2 and "no usable audio windows" in r.output and "pass --calibration" not in r.output
+    assert not (tmp_path / "m.pt").exists()
