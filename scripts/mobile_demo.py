@@ -1,7 +1,8 @@
 """Classify a WAV with an exported birdsound model using only torch, numpy and soundfile.
 
 What an app developer copies: no birdsound import. Usage:
-    python scripts/mobile_demo.py bird.ptl recording.wav [--top 3]
+    python scripts/mobile_demo.py bird.ptl recording.wav [--top 3]     # or bird.pt
+    python scripts/mobile_demo.py bird.pte recording.wav               # ExecuTorch (pip install executorch)
 """
 
 import argparse
@@ -15,7 +16,15 @@ from torch.jit.mobile import _load_for_lite_interpreter
 
 
 def load(path):
-    """Model and its metadata.json (labels, sample_rate, window_s, ...)."""
+    """Model (windows [batch, samples] -> probabilities) and its metadata (labels, sample_rate, window_s, ...)."""
+    if path.endswith(".pte"):  # ExecuTorch: metadata from a constant method, at most max_batch windows a call
+        from executorch.runtime import Runtime
+
+        program = Runtime.get().load_program(path)
+        meta = json.loads(program.load_method("metadata_json").execute([])[0])
+        forward, step = program.load_method("forward"), meta["max_batch"]
+        return (lambda x: torch.cat([forward.execute([x[i:i + step]])[0] for i in range(0, len(x), step)]),
+                meta)
     with zipfile.ZipFile(path) as z:
         meta = json.loads(z.read(next(n for n in z.namelist() if n.endswith("extra/metadata.json"))))
     if path.endswith(".ptl"):
@@ -38,7 +47,8 @@ def main():
     win = int(round(meta["window_s"] * rate))
     n = max(1, int(np.ceil(len(x) / win)))
     x = np.pad(x, (0, n * win - len(x)))
-    probs = model(torch.from_numpy(x.reshape(n, win))).numpy()
+    with torch.no_grad():
+        probs = model(torch.from_numpy(x.reshape(n, win))).numpy()
     for k, p in enumerate(probs):
         top = np.argsort(-p)[: a.top]
         print(f"{k * meta['window_s']:7.1f}s  " + "  ".join(f"{meta['labels'][i]} {p[i]:.2f}" for i in top))

@@ -420,3 +420,22 @@ def test_export_without_usable_calibration_audio_says_what_to_do(small_model, tm
     r = CliRunner().invoke(main, ["export", small_model, "-o", str(tmp_path / "m.pt"), "--calibration", str(tmp_path / "empty")])
     assert r.exit_code == 2 and "no usable audio windows" in r.output and "pass --calibration" not in r.output
     assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("fmt", ["lite", "executorch"])
+def test_mobile_demo_classifies_a_wav(small_model, synth_dataset, pte_fp32, tmp_path, fmt):
+    """scripts/mobile_demo.py (what app developers copy) names each synthetic species in its window."""
+    import soundfile as sf
+    if fmt == "lite":
+        model = tmp_path / "m.ptl"
+        assert export_cli(small_model, model, "lite", synth_dataset, 8).exit_code == 0
+    else:
+        model = pte_fp32
+    labels = list(SYNTH_SPECIES)
+    sf.write(str(tmp_path / "r.wav"), np.concatenate([synth_call(k, 3.0, 200 + i) for i, k in enumerate(SYNTH_SPECIES.values())]), SR)
+    demo = os.path.join(os.path.dirname(__file__), "..", "scripts", "mobile_demo.py")
+    p = subprocess.run([sys.executable, demo, str(model), str(tmp_path / "r.wav"), "--top", "1"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-1000:]
+    lines = [l for l in p.stdout.splitlines() if l.strip().endswith(tuple("0123456789"))]
+    assert [" ".join(l.split()[1:-1]) for l in lines] == labels, p.stdout
