@@ -6,7 +6,8 @@
 
 Inputs are built once in --work (default /tmp/birdsound-bench) by looping real recordings from
 ../shared/data (a synthesized signal where that is absent): 32 kHz WAV of 1 h and 24 h,
-1 h FLAC, 1 h MP3 at 48 kHz (and a 48 kHz WAV for the side-by-side with BirdNET).
+1 h FLAC, 1 h MP3 at 48 kHz (and a 48 kHz WAV for the side-by-side with BirdNET). The 24 h
+file is an RF64 WAV (a RIFF WAV stops at 4 GB, 18.6 h at 32 kHz 16 bit).
 Every end-to-end figure is a fresh `birdsound analyze` process (outputs written, overlap 0):
 x real time and its peak RSS (ru_maxrss of that process), start-up included. Without --model
 analyze runs the shipped model's ONNX export (onnxruntime); the checkpoint (torch) is run too.
@@ -64,6 +65,8 @@ def make_long(path: str, hours: float, rate: int, fmt: str, subtype: str | None 
         return path
     src = source_audio(rate)
     total = int(hours * 3600 * rate)
+    if fmt == "WAV" and total * 2 >= 2 ** 32:  # a RIFF WAV stops at 4 GB (18.6 h at 32 kHz, 16 bit): RF64, as recorders do
+        fmt = "RF64"
     tmp = path + ".part"
     with sf.SoundFile(tmp, "w", rate, 1, format=fmt, subtype=subtype) as f:
         done = 0
