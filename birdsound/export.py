@@ -15,7 +15,6 @@ import contextlib
 import copy
 import io
 import json
-import logging
 import os
 import shutil
 import sys
@@ -28,6 +27,7 @@ from torch import nn
 
 from .features import MelFrontEnd
 from .model import BirdNetLite, Metadata, ProbabilityModel
+from .runtime import quiet_logger, quiet_stderr
 
 FORMATS = ("torchscript", "lite", "onnx", "executorch", "coreml")
 EXECUTORCH_MAX_BATCH = 8  # the .pte's forward takes 1 .. this many windows per call
@@ -128,7 +128,7 @@ def save_onnx(module: nn.Module, meta: dict, path: str, window_samples: int) -> 
 
     wrapped = ProbabilityModel(portable_copy(module)).eval()
     with _atomic_output(path, "ONNX export") as tmp:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logger("torch.onnx"):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_logger("torch.onnx"):
             warnings.simplefilter("ignore")
             # optimize=False: the exporter's optimizer drops ``+ LOG_EPS`` (1e-8 "is close to 0"),
             # which gives log(0) = -inf and NaN on digital silence; onnxruntime optimizes the graph itself.
@@ -154,10 +154,8 @@ def save_executorch(net: BirdNetLite, meta: dict, path: str, window_samples: int
     """Export ``sigmoid(net(pcm))`` as an ExecuTorch program (``.pte``) with the XNNPACK delegate;
     metadata is the constant method ``metadata_json``. `quantize` ``int8``: static post-training
     quantization (pt2e, XNNPACK quantizer, per-channel weights) calibrated on `calibration`."""
-    from .runtime import _quiet_stderr
-
     try:
-        with _quiet_stderr():  # a torch deprecation line logged at import
+        with quiet_stderr():  # a torch deprecation line logged at import
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
             from executorch.exir import to_edge_transform_and_lower
     except ImportError:
@@ -168,7 +166,7 @@ def save_executorch(net: BirdNetLite, meta: dict, path: str, window_samples: int
     if quantize not in ("none", "int8"):
         raise ExportError(f"--format executorch --quantize {quantize}: use none or int8")
     with _atomic_output(path, "ExecuTorch export") as tmp:
-        with warnings.catch_warnings(), _quiet_logger("torch"):
+        with warnings.catch_warnings(), quiet_logger("torch"):
             warnings.simplefilter("ignore")
             ep = torch.export.export(wrapped, example, dynamic_shapes=dims)
             if quantize == "int8":
@@ -209,7 +207,7 @@ def save_coreml(net: BirdNetLite, meta: dict, path: str, window_samples: int) ->
 
     wrapped = ProbabilityModel(portable_copy(net)).eval()
     with _atomic_output(path, "Core ML conversion", ".mlpackage") as tmp:  # coremltools insists on the extension
-        with warnings.catch_warnings(), _quiet_logger("coremltools"), _quiet_logger("torch"), \
+        with warnings.catch_warnings(), quiet_logger("coremltools"), quiet_logger("torch"), \
                 contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             ep = torch.export.export(wrapped, (torch.zeros(1, window_samples),)).run_decompositions({})
@@ -240,17 +238,6 @@ def _atomic_output(path: str, what: str, suffix: str = ""):
     finally:
         if os.path.exists(tmp):
             _remove(tmp)
-
-
-@contextlib.contextmanager
-def _quiet_logger(name: str):
-    log = logging.getLogger(name)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def save(scripted: torch.jit.ScriptModule, meta: dict, path: str, fmt: str) -> None:

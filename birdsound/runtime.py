@@ -149,9 +149,9 @@ def default_model_path(fast: bool = False) -> str:
 
 
 def load_model(path: str | None = None, threads: int | None = None) -> Classifier:
-    """Open a checkpoint, an exported TorchScript or an ONNX file; `path` None means the shipped
-    default. `threads` sets the ONNX session's threads (torch threads are process-wide: set them
-    with ``torch.set_num_threads``)."""
+    """Open any model file of the list above; `path` None means the shipped checkpoint. `threads`
+    sets the ONNX session's threads and, on first use, ExecuTorch's pool (torch threads are
+    process-wide: set them with ``torch.set_num_threads``)."""
     path = path or DEFAULT_MODEL_PATH
     if not os.path.exists(path):
         shipped = path in (DEFAULT_MODEL_PATH, DEFAULT_ONNX_PATH)
@@ -225,16 +225,10 @@ def import_coremltools():
     """coremltools, imported without the lines it logs on Linux (no Core ML framework, untested
     torch/scikit-learn versions); ImportError when not installed."""
     import io
-    import logging
 
-    log = logging.getLogger("coremltools")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-            import coremltools
-    finally:
-        log.setLevel(level)
+    with quiet_logger("coremltools"), contextlib.redirect_stderr(io.StringIO()), \
+            contextlib.redirect_stdout(io.StringIO()):
+        import coremltools
     return coremltools
 
 
@@ -274,7 +268,7 @@ def executorch_threads(threads: int | None) -> None:
 def _load_executorch(path: str, threads: int | None) -> Classifier:
     # quiet: importing executorch logs a torch deprecation line, and its runtime's first run logs
     # CPU-probing lines from C++ on x86; errors still raise
-    with _quiet_stderr():
+    with quiet_stderr():
         try:
             import torch
             from executorch.runtime import Runtime
@@ -297,7 +291,7 @@ def _load_executorch(path: str, threads: int | None) -> Classifier:
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
+def quiet_stderr():
     """Silence file descriptor 2 (C++ logging included) for the duration."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -323,3 +317,17 @@ def _read_extra(names: list[str], path: str) -> str:
             if n.endswith("extra/metadata.json"):
                 return z.read(n).decode("utf-8")
     return ""
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str):
+    """Only errors from logger `name` for the duration."""
+    import logging
+
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
