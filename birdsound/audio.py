@@ -14,6 +14,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .util import quiet_stderr
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".opus")
 MIN_SAMPLE_RATE_HZ = 8000
 MAX_SAMPLE_RATE_HZ = 192000
@@ -26,12 +28,15 @@ class AudioError(Exception):
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """What a file holds: rate, channels, frames and duration."""
+    """What a file holds: rate, channels, frames and duration. `claimed_frames` is what a WAV
+    header promises when its data is shorter (a recording cut short), else None. For compressed
+    formats `frames` is the header's estimate; the decoder's count can be slightly lower."""
 
     path: str
     sample_rate: int
     channels: int
     frames: int
+    claimed_frames: int | None = None
 
     @property
     def duration_s(self) -> float:
@@ -53,8 +58,11 @@ def info(path: str) -> AudioInfo:
     if os.path.getsize(path) == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
     try:
-        i = sf.info(path)
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        with quiet_stderr():  # the MP3 decoder prints notes about what it could not parse
+            i = sf.info(path)
+    except sf.LibsndfileError:
+        raise AudioError(f"{path}: not an audio file (no wav, flac, ogg or mp3 audio found in it)") from None
+    except (RuntimeError, OSError) as e:
         raise AudioError(f"{path}: not a readable audio file ({_short(e)})") from None
     if i.frames <= 0:
         raise AudioError(f"{path}: holds no audio samples")
@@ -63,7 +71,36 @@ def info(path: str) -> AudioInfo:
             f"{path}: sample rate {i.samplerate} Hz is outside "
             f"{MIN_SAMPLE_RATE_HZ}-{MAX_SAMPLE_RATE_HZ} Hz"
         )
-    return AudioInfo(path, int(i.samplerate), int(i.channels), int(i.frames))
+    claimed = wav_header_frames(path) if i.format in ("WAV", "WAVEX") else None
+    return AudioInfo(path, int(i.samplerate), int(i.channels), int(i.frames),
+                     claimed if claimed and claimed > i.frames else None)
+
+
+def wav_header_frames(path: str) -> int | None:
+    """Frames a RIFF WAV header's data chunk promises (None when it cannot say: RF64, no data chunk)."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = None
+            while True:
+                ch = f.read(8)
+                if len(ch) < 8:
+                    return None
+                cid, size = ch[:4], struct.unpack("<I", ch[4:])[0]
+                if cid == b"fmt ":
+                    fmt = f.read(size)
+                    block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+                    f.seek(size % 2, 1)
+                elif cid == b"data":
+                    return size // block_align if block_align else None
+                else:
+                    f.seek(size + size % 2, 1)
+    except OSError:
+        return None
 
 
 def _short(e: Exception) -> str:
@@ -110,8 +147,12 @@ def read_blocks(
     resampler = None
     if meta.sample_rate != sample_rate:
         resampler = soxr.ResampleStream(meta.sample_rate, sample_rate, 1, dtype="float32", quality="HQ")
+    if start_frame >= stop:
+        return
     try:
-        with sf.SoundFile(path) as f:
+        with quiet_stderr():
+            f = sf.SoundFile(path)
+        with f:
             if start_frame:
                 f.seek(start_frame)
             pos = start_frame

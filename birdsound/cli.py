@@ -144,6 +144,10 @@ def analyze(paths, out_dir, model_path, overlap, min_conf, sensitivity, top_n, i
     check_overlap(model, overlap)
     if fmin is not None and fmax is not None and fmin >= fmax:
         fail(f"--fmin {fmin} must be below --fmax {fmax}")
+    nyquist = model.meta.sample_rate / 2
+    if fmin is not None and fmin >= nyquist:
+        fail(f"--fmin {fmin:g}: at or above the highest frequency the model hears ({nyquist:g} Hz, half its "
+             f"{model.meta.sample_rate} Hz sample rate)")
     dopts = detect_options(model, min_conf, sensitivity, top_n, include, exclude, thresholds)
     inputs = find_audio_files(list(paths))
     if not inputs:
@@ -200,42 +204,63 @@ def info(model_path, show_labels):
 @click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True, help="Training steps.")
 @click.option("--batch-size", type=click.IntRange(2, 1024), default=64, show_default=True)
 @click.option("--folds", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Cross-validate by recording with K folds before training the final model.")
+              help="Cross-validate by recording with K folds before training the final model "
+                   "(with --head-only: folds for calibration, at least 2).")
 @click.option("--cv-only", is_flag=True, help="Only cross-validate; do not train the final model.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--teacher", type=click.Choice(["birdnet"]), default=None,
+              help="Distil a teacher: BirdNET V2.4's probabilities, logits and embeddings guide the small model "
+                   "(pip install 'birdsound[distill]'; outputs cached in ~/.cache/birdsound/teacher).")
+@click.option("--negatives", multiple=True, type=click.Path(exists=True),
+              help="Folder or file of audio without any of the species (speech, noise, other birds); repeatable.")
+@click.option("--val-negatives", multiple=True, type=click.Path(exists=True),
+              help="Bird-free audio for the cross-validated false-detection rate; repeatable.")
+@click.option("--teacher-cache", type=click.Path(file_okay=False), default=None,
+              help="Folder for the teacher's cached outputs.")
 @click.option("--base", type=click.Path(dir_okay=False), help="Base model whose frozen backbone is reused.")
 @click.option("--head-only", is_flag=True, help="With --base: train only a new classification head (fast).")
 @click.option("--model-version", default=None, help="Version string stored in the model.")
 @click.option("--license", "license_", default="same terms as the training recordings", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
-def train(data, out_dir, steps, batch_size, folds, cv_only, seed, base, head_only, model_version, license_, threads):
+def train(data, out_dir, steps, batch_size, folds, cv_only, seed, teacher, negatives, val_negatives, teacher_cache,
+          base, head_only, model_version, license_, threads):
     """Train a model on DATA: a folder with one subfolder per species
     ("Scientific name_Common name/", BirdNET-Analyzer's layout; an optional "noise/" folder
-    holds recordings without birds) or a manifest CSV with columns path,species."""
+    holds recordings without birds) or a manifest CSV with columns path,species.
+    Writes model.pt, metrics.json and MODEL_CARD.md into the output folder."""
     import torch
 
     from . import train as tr
+    from .metadata import ModelError
 
     if threads:
         torch.set_num_threads(threads)
     if head_only and not base:
         fail("--head-only needs --base MODEL")
+    if teacher and head_only:
+        fail("--teacher trains the whole model; it does not combine with --head-only")
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
     try:
         if head_only:
-            from .model import ModelError
             try:
                 report = tr.train_head(data, base, out_dir, seed=seed, folds=folds, model_version=model_version,
-                                       license=license_)
+                                       license=license_, log=log)
             except ModelError as e:
                 fail(f"--base {e}")
         else:
-            report = tr.train(data, out_dir, steps=steps, seed=seed, folds=folds, cv_only=cv_only,
-                              batch_size=batch_size, model_version=model_version, license=license_)
+            cfg = tr.TrainConfig(steps=steps, batch_size=batch_size, seed=seed, teacher=teacher)
+            report = tr.train(data, out_dir, cfg, folds=folds, cv_only=cv_only, negatives=list(negatives),
+                              val_negatives=list(val_negatives), model_version=model_version, license=license_,
+                              cache_dir=teacher_cache, log=log)
     except ValueError as e:
+        fail(str(e))
+    except ImportError as e:
         fail(str(e))
     cv = report.get("cross_validation")
     if cv:
-        click.echo("cross-validation (by recording): " + ", ".join(f"{k} {v:.3f}" for k, v in cv["mean"].items()))
+        click.echo("cross-validation (by recording): " + ", ".join(
+            f"{k} {cv['mean'][k]:.3f}" for k in ("recording_top1", "recording_top5", "window_macro_ap",
+                                                  "false_detections_per_hour") if k in cv["mean"]))
     click.echo(f"wrote {out_dir} in {report['wall_s']:.0f} s")
 
 
@@ -248,7 +273,13 @@ def train(data, out_dir, steps, batch_size, folds, cv_only, seed, base, head_onl
 @click.option("--threshold", type=click.FloatRange(0, 1), default=DEFAULT_MIN_CONF, show_default=True)
 @click.option("--overlap", type=float, default=1.5, show_default=True)
 @click.option("--tolerance", type=float, default=1.5, show_default=True, help="Onset/offset tolerance (s) for events.")
-def evaluate(model_path, data, out_dir, annotations, threshold, overlap, tolerance):
+@click.option("--negatives", multiple=True, type=click.Path(exists=True),
+              help="Bird-free audio (folder or file, repeatable) for the false-detections-per-hour measure "
+                   "(synthesized noise is always included).")
+@click.option("--teacher-cache", type=click.Path(file_okay=False), default=None,
+              help="Also count false detections in DATA's windows where BirdNET hears none of the species "
+                   "(distill extra; BirdNET's outputs are cached in this folder).")
+def evaluate(model_path, data, out_dir, annotations, threshold, overlap, tolerance, negatives, teacher_cache):
     """Evaluate MODEL on DATA (species folders or manifest): per-class AP, macro AP, ROC-AUC,
     recording top-1/top-5, precision/recall/F1, confusion matrix and PR curves (JSON + PNG)."""
     from . import evaluate as ev
@@ -257,7 +288,8 @@ def evaluate(model_path, data, out_dir, annotations, threshold, overlap, toleran
     check_overlap(model, overlap)
     try:
         rep = ev.evaluate(model, data, out_dir, threshold=threshold, overlap_s=overlap,
-                          annotations=annotations, tolerance_s=tolerance)
+                          annotations=annotations, tolerance_s=tolerance, negatives=list(negatives),
+                          teacher_cache=teacher_cache)
     except ValueError as e:
         fail(str(e))
     s = rep["summary"]
@@ -318,8 +350,14 @@ def export(model_path, out, fmt, quantize, calib, n_windows):
     optimize_for_mobile is not used (no XNNPACK in these wheels); the model is frozen instead.
     """
     from . import export as ex
-    from .model import DEFAULT_MODEL_PATH, ModelError, load_checkpoint
+    from .metadata import ModelError
+    from .model import load_checkpoint
+    from .runtime import DEFAULT_MODEL_PATH
 
+    try:
+        ex.check_format(fmt, quantize)
+    except ex.ExportError as e:
+        fail(str(e), code=1)
     try:
         net, meta = load_checkpoint(model_path or DEFAULT_MODEL_PATH)
     except ModelError as e:
@@ -327,13 +365,16 @@ def export(model_path, out, fmt, quantize, calib, n_windows):
     if os.path.isdir(out) and not (fmt == "coreml" and out.endswith(".mlpackage")):
         fail(f"-o {out}: is a directory")
     sources = list(calib) or [DEFAULT_CALIBRATION]
-    if not calib and not os.path.exists(DEFAULT_CALIBRATION):
-        fail("no --calibration given and the default training manifest is missing")
     try:
         windows, labels = ex.calibration_windows(sources, meta.sample_rate, meta.window_samples, n_windows)
-    except ex.ExportError as e:
-        hint = "" if calib else " (its recordings live in ../shared/data; pass --calibration AUDIO_FOLDER)"
-        fail(f"{e}{hint}")
+    except (ex.ExportError, ValueError) as e:
+        if calib or quantize == "int8":  # int8 needs real audio to calibrate on
+            hint = "" if calib else " (int8 calibrates on real audio: pass --calibration AUDIO_FOLDER)"
+            fail(f"{e}{hint}")
+        windows = ex.synthetic_windows(n_windows, meta.sample_rate, meta.window_samples)
+        labels = [""] * len(windows)
+        click.echo("note: no training recordings here: parity is checked on synthesized windows "
+                   "(--calibration AUDIO_FOLDER checks on real audio)", err=True)
     try:
         rep = ex.export(net, meta, out, fmt, quantize, windows, labels)
     except ex.ExportError as e:

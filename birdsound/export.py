@@ -16,7 +16,6 @@ import copy
 import io
 import json
 import os
-import shutil
 import sys
 import warnings
 from typing import Callable
@@ -26,8 +25,9 @@ import torch
 from torch import nn
 
 from .features import MelFrontEnd
-from .model import BirdNetLite, Metadata, ProbabilityModel
-from .runtime import quiet_logger, quiet_stderr
+from .metadata import Metadata
+from .model import BirdNetLite, ProbabilityModel
+from .util import atomic_path, first_line, quiet_logger, quiet_stderr, remove
 
 FORMATS = ("torchscript", "lite", "onnx", "executorch", "coreml")
 EXECUTORCH_MAX_BATCH = 8  # the .pte's forward takes 1 .. this many windows per call
@@ -38,8 +38,29 @@ FP32_TOLERANCE = 1e-4
 INT8_MIN_TOP1_AGREEMENT = 0.95
 
 
+FORMAT_NEEDS = {"onnx": (("onnx", "onnxscript"), "onnx"), "executorch": (("executorch",), "executorch"),
+                "coreml": (("coremltools",), "coreml")}
+
+
 class ExportError(Exception):
     """Export refused: parity or quantization failed; the message says why."""
+
+
+def check_format(fmt: str, quantize: str = "none") -> None:
+    """Raise ExportError at once when `fmt` cannot be written here (a missing extra, an unsupported
+    quantization), before any work is done."""
+    import importlib.util
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    modules, extra = FORMAT_NEEDS.get(fmt, ((), ""))
+    if any(importlib.util.find_spec(m) is None for m in modules):
+        raise ExportError(f"--format {fmt} needs the {extra} extra: pip install 'birdsound[{extra}]'")
+    if fmt in ("onnx", "coreml") and quantize != "none":
+        raise ExportError(f"--format {fmt} --quantize {quantize}: not supported; quantized models are exported "
+                          "as --format lite, torchscript or executorch")
+    if fmt == "executorch" and quantize not in ("none", "int8"):
+        raise ExportError(f"--format executorch --quantize {quantize}: use none or int8")
 
 
 class QuantizableBackbone(nn.Module):
@@ -104,16 +125,16 @@ class _FrontendThen(nn.Module):
         return self.body(self.frontend(pcm))
 
 
-def script(module: nn.Module) -> torch.jit.ScriptModule:
-    """Script and freeze ``sigmoid(module(pcm))``."""
+def script(module: nn.Module, window_samples: int) -> torch.jit.ScriptModule:
+    """Script (or, where scripting fails, trace on a window of `window_samples`) and freeze
+    ``sigmoid(module(pcm))``."""
     wrapped = ProbabilityModel(module).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         try:
             scripted = torch.jit.script(wrapped)
         except Exception:
-            example = torch.zeros(1, 16000 * 3)
-            scripted = torch.jit.trace(wrapped, example, check_trace=False)
+            scripted = torch.jit.trace(wrapped, torch.zeros(1, window_samples), check_trace=False)
         return torch.jit.freeze(scripted.eval())
 
 
@@ -222,22 +243,14 @@ def save_coreml(net: BirdNetLite, meta: dict, path: str, window_samples: int) ->
 
 @contextlib.contextmanager
 def _atomic_output(path: str, what: str, suffix: str = ""):
-    """Yield a temporary name beside `path` to write to; on success it replaces `path` (file or
-    package folder). Any failure becomes one ExportError naming `path`; the temporary never stays."""
-    tmp = f"{path}.part{os.getpid()}{suffix}"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """:func:`birdsound.util.atomic_path` where any failure becomes one ExportError naming `path`."""
     try:
-        yield tmp
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix) as tmp:
+            yield tmp
     except ExportError:
         raise
     except Exception as e:
-        raise ExportError(f"{path}: {what} failed ({str(e).strip().splitlines()[0][:300]})") from None
-    finally:
-        if os.path.exists(tmp):
-            _remove(tmp)
+        raise ExportError(f"{path}: {what} failed ({first_line(e)[:300]})") from None
 
 
 def save(scripted: torch.jit.ScriptModule, meta: dict, path: str, fmt: str) -> None:
@@ -287,7 +300,7 @@ def calibration_windows(sources: list[str], sample_rate: int, window: int, max_w
     files: list[tuple[str, str]] = []
     for s in sources:
         if s.lower().endswith(".csv") and os.path.isfile(s):
-            from .train import read_dataset
+            from .dataset import read_dataset
             recs, _ = read_dataset(s)
             files += [(r.path, r.labels[0]) for r in recs]
         else:
@@ -312,6 +325,25 @@ def calibration_windows(sources: list[str], sample_rate: int, window: int, max_w
     if not wins:
         raise ExportError(f"no usable audio windows in {', '.join(sources)} for calibration/parity")
     return np.stack(wins[:max_windows]), labels[:max_windows]
+
+
+def synthetic_windows(n: int, sample_rate: int, window: int, seed: int = 0) -> np.ndarray:
+    """`n` synthesized windows (noise of several colours and levels, tone sweeps, clicks, digital
+    silence) for the fp32 parity check when no real audio is at hand."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(window) / sample_rate
+    out = np.zeros((n, window), np.float32)
+    for i in range(n):
+        x = rng.standard_normal(window) * 10 ** rng.uniform(-4, -1)
+        if i % 4 == 1:
+            x = np.cumsum(x) / 50
+        for _ in range(rng.integers(0, 6)):
+            f0, f1 = rng.uniform(500, 9000, 2)
+            s0 = rng.uniform(0, t[-1] - 0.3)
+            m = (t >= s0) & (t < s0 + rng.uniform(0.05, 0.3))
+            x[m] += rng.uniform(0.05, 0.5) * np.sin(2 * np.pi * (f0 + (f1 - f0) * (t[m] - s0)) * t[m])
+        out[i] = x if i % 16 else 0.0
+    return np.clip(out, -1, 1)
 
 
 def write_export(net: BirdNetLite, meta: Metadata, out: str, fmt: str, quantize: str,
@@ -343,7 +375,7 @@ def write_export(net: BirdNetLite, meta: Metadata, out: str, fmt: str, quantize:
         if fmt == "onnx":
             save_onnx(module, emeta, out, meta.window_samples)
         else:
-            save(script(module), emeta, out, fmt)
+            save(script(module, meta.window_samples), emeta, out, fmt)
     return load_model(out).predict, ""
 
 
@@ -376,14 +408,10 @@ def export(net: BirdNetLite, meta: Metadata, out: str, fmt: str, quantize: str, 
         report["note"] = "; ".join(filter(None, [report["note"], (
             f"vs a float64 run of the model: eager {eager_err:.1e}, exported {export_err:.1e}")]))
     if quantize == "none" and not fp32_ok:
-        _remove(out)
+        remove(out)
         raise ExportError(f"{out}: fp32 parity failed, max |diff| {p['max_abs_diff']:.2e} > {FP32_TOLERANCE:g}"
                           f"{' (' + report['note'] + ')' if report['note'] else ''}; file removed")
     if quantize != "none" and not (p["top1_agreement"] >= INT8_MIN_TOP1_AGREEMENT and np.isfinite(p["exported"]).all()):
-        _remove(out)
+        remove(out)
         raise ExportError(f"{out}: {quantize} top-1 agreement {p['top1_agreement']:.3f} < {INT8_MIN_TOP1_AGREEMENT}; file removed")
     return report
-
-
-def _remove(path: str) -> None:
-    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)

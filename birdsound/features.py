@@ -22,11 +22,13 @@ import torchaudio
 from torch import nn
 from torch.nn import functional as F
 
+from .metadata import DEFAULT_FMAX_HZ
+
 N_FFT = 1024
 HOP_SAMPLES = 640
 N_MELS = 64
 FMIN_HZ = 150.0
-FMAX_HZ = 15000.0
+FMAX_HZ = DEFAULT_FMAX_HZ
 LOG_EPS = 1e-8
 
 
@@ -52,6 +54,20 @@ class MelFrontEnd(nn.Module):
             norm="slaney", mel_scale="slaney",
         )
         self.matmul: nn.Module | None = None  # set by make_portable
+
+    @property
+    def hop(self) -> int:
+        return int(self.mel.hop_length)
+
+    def frames(self, n_samples: int) -> int:
+        """Frames this front end makes of `n_samples` samples."""
+        return n_frames(n_samples, self.mel.hop_length, self.mel.n_fft)
+
+    def config(self) -> dict:
+        """The settings that define this front end (stored in model metadata as ``frontend``)."""
+        m = self.mel
+        return {"n_fft": m.n_fft, "hop": m.hop_length, "n_mels": m.n_mels, "fmin_hz": float(m.f_min),
+                "fmax_hz": float(m.f_max), "log_eps": LOG_EPS, "normalization": "per-window median per mel bin"}
 
     def make_portable(self, linear: bool = False) -> "MelFrontEnd":
         """Compute with real-valued operations only: the FFT as matrix products (:class:`MatmulMel`,

@@ -45,12 +45,39 @@ def prf_at_threshold(targets: np.ndarray, scores: np.ndarray, threshold: float) 
     return {"threshold": threshold, "precision": p, "recall": r, "f1": f}
 
 
-def recording_scores(window_scores: np.ndarray) -> np.ndarray:
+RECORDING_SCORES = ("top25", "top3", "max", "mean", "lme")
+
+
+def recording_scores(window_scores: np.ndarray, method: str = "top25") -> np.ndarray:
     """Aggregate a recording's window probabilities ``[W, C]`` into one ``[C]`` score.
 
-    The mean of the top quarter of windows per class: robust to the silent windows of a
-    weakly labelled recording and to single-window false alarms.
+    ``top25``: mean of the top quarter of windows per class (robust to the silent windows of a
+    weakly labelled recording and to single-window false alarms); ``top3``: mean of the three
+    best windows; ``max``; ``mean``; ``lme``: log-mean-exp of the windows' logits (a soft maximum),
+    back through the sigmoid.
     """
-    w = np.sort(window_scores, axis=0)[::-1]
-    k = max(1, int(np.ceil(len(w) / 4)))
-    return w[:k].mean(axis=0)
+    w = np.sort(np.asarray(window_scores, dtype=np.float64), axis=0)[::-1]
+    if method == "top25":
+        return w[:max(1, int(np.ceil(len(w) / 4)))].mean(axis=0)
+    if method == "top3":
+        return w[:3].mean(axis=0)
+    if method == "max":
+        return w[0]
+    if method == "mean":
+        return w.mean(axis=0)
+    if method == "lme":
+        p = np.clip(w, 1e-6, 1 - 1e-6)
+        logit = np.log(p / (1 - p))
+        m = logit.max(axis=0)
+        lme = m + np.log(np.mean(np.exp(logit - m), axis=0))
+        return 1 / (1 + np.exp(-lme))
+    raise ValueError(f"unknown recording score {method!r}; one of {', '.join(RECORDING_SCORES)}")
+
+
+def false_detections(window_scores: np.ndarray, window_s: float, min_conf: float) -> dict:
+    """Detections (window x species at or above `min_conf`) in windows known to hold none of the
+    model's species, and their rate per hour of audio (windows of `window_s` seconds, no overlap)."""
+    n = int((np.asarray(window_scores) >= min_conf).sum()) if len(window_scores) else 0
+    hours = len(window_scores) * window_s / 3600.0
+    return {"detections": n, "hours": hours, "windows": int(len(window_scores)),
+            "per_hour": n / hours if hours else float("nan")}

@@ -1,21 +1,20 @@
 """The compact CNN and its checkpoints (weights-only ``torch.save`` files).
 
-Opening any model file for scoring is :mod:`birdsound.runtime`'s job; its names are
-re-exported here for convenience.
+Opening any model file for scoring is :mod:`birdsound.runtime`'s job (it uses this module
+for checkpoints; this module never imports it).
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import torch
 from torch import nn
 
 from .features import MelFrontEnd
-from .runtime import (DEFAULT_MODEL_PATH, SAMPLE_RATE_HZ, WINDOW_S, Classifier, Metadata,  # noqa: F401
-                      ModelError, first_line, load_model)
+from .metadata import SAMPLE_RATE_HZ, Metadata, ModelError
+from .util import atomic_path, first_line
 
 CHECKPOINT_FORMAT = "birdsound-checkpoint-1"
 
@@ -92,9 +91,10 @@ class Backbone(nn.Module):
 class BirdNetLite(nn.Module):
     """Raw PCM ``float32 [B, window_samples]`` -> per-species logits ``[B, n_labels]``."""
 
-    def __init__(self, n_labels: int, sample_rate: int = SAMPLE_RATE_HZ, dropout: float = 0.2):
+    def __init__(self, n_labels: int, sample_rate: int = SAMPLE_RATE_HZ, dropout: float = 0.2,
+                 frontend: dict | None = None):
         super().__init__()
-        self.frontend = MelFrontEnd(sample_rate)
+        self.frontend = MelFrontEnd(sample_rate, **frontend_kwargs(frontend or {}))
         self.backbone = Backbone()
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(EMBED_DIM, n_labels)
@@ -108,6 +108,12 @@ class BirdNetLite(nn.Module):
 
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.embed(pcm)))
+
+
+def frontend_kwargs(config: dict) -> dict:
+    """MelFrontEnd arguments from the ``frontend`` entry of a model's metadata (missing: defaults)."""
+    names = {"n_mels": "n_mels", "n_fft": "n_fft", "hop": "hop", "fmin_hz": "fmin", "fmax_hz": "fmax"}
+    return {arg: config[key] for key, arg in names.items() if key in config}
 
 
 class ProbabilityModel(nn.Module):
@@ -157,10 +163,8 @@ def save_checkpoint(net: BirdNetLite, meta: Metadata, path: str) -> None:
     """Write a weights-only checkpoint atomically (temporary name, then rename)."""
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     blob = {"format": CHECKPOINT_FORMAT, "metadata": json.dumps(meta.to_dict()), "state_dict": state}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
 
 
 def load_checkpoint(path: str) -> tuple[BirdNetLite, Metadata]:
@@ -173,7 +177,7 @@ def load_checkpoint(path: str) -> tuple[BirdNetLite, Metadata]:
         raise ModelError(f"{path}: not a birdsound model file (no '{CHECKPOINT_FORMAT}' marker)")
     try:
         meta = Metadata.from_dict(json.loads(blob["metadata"]))
-        net = BirdNetLite(len(meta.labels), meta.sample_rate)
+        net = BirdNetLite(len(meta.labels), meta.sample_rate, frontend=meta.extra.get("frontend"))
         net.load_state_dict(blob["state_dict"])
     except Exception as e:
         raise ModelError(f"{path}: damaged birdsound model file ({first_line(e)})") from None

@@ -1,7 +1,8 @@
-"""Writers for the formats users already load, and readers for two of them.
+"""Writers for the formats users already load, readers for them, and the PNG plot.
 
-Every writer renders the whole file in memory and writes it atomically (temporary name in
-the same folder, then ``os.replace``), so a killed run never leaves a half-written file.
+Renderers return the whole file's text; the drivers write it with
+:func:`birdsound.util.atomic_write` (temporary name in the same folder, then a rename), so a
+killed run never leaves a half-written file.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .detect import Detection
+from .metadata import DEFAULT_FMAX_HZ
+from .util import atomic_write  # noqa: F401  (the writers' one helper, re-exported)
 
 RTYPES = ("csv", "table", "audacity", "json")
 SUFFIX = {
@@ -41,21 +44,8 @@ class FileResult:
     duration_s: float
     detections: list[Detection]
     low_freq_hz: float = 0.0
-    high_freq_hz: float = 15000.0
+    high_freq_hz: float = DEFAULT_FMAX_HZ  # the model's band (its metadata); set by the drivers
     offset_s: float = 0.0  # begin time of this file in a combined table
-
-
-def atomic_write(path: str, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same folder and a rename."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.part{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def species_code(label: str) -> str:
@@ -127,15 +117,25 @@ def render(rtype: str, results: list[FileResult], model_meta: dict) -> str:
     raise ValueError(f"unknown result type {rtype!r}; one of {', '.join(RTYPES)}")
 
 
-def output_path(audio_path: str, root: str, out_dir: str | None, rtype: str) -> str:
-    """Where a file's result goes: mirrored under `out_dir` relative to `root`, else beside it."""
-    stem = os.path.splitext(os.path.basename(audio_path))[0]
+def output_path(audio_path: str, root: str, out_dir: str | None, rtype: str, keep_ext: bool = False) -> str:
+    """Where a file's result goes: mirrored under `out_dir` relative to `root`, else beside it.
+    `keep_ext` keeps the audio file's extension in the name (``x.wav.birdsound.results.csv``)."""
+    name = os.path.basename(audio_path)
+    stem = name if keep_ext else os.path.splitext(name)[0]
     if out_dir is None:
         folder = os.path.dirname(audio_path)
     else:
         rel = os.path.relpath(os.path.dirname(os.path.abspath(audio_path)), os.path.abspath(root))
         folder = out_dir if rel.startswith("..") else os.path.normpath(os.path.join(out_dir, rel))
     return os.path.join(folder, stem + SUFFIX[rtype])
+
+
+def plot_path(result_path: str) -> str:
+    """The PNG beside a result file: ``x.birdsound.results.csv`` -> ``x.birdsound.png``."""
+    for suffix in SUFFIX.values():
+        if result_path.endswith(suffix):
+            return result_path[: -len(suffix)] + ".birdsound.png"
+    return os.path.splitext(result_path)[0] + ".png"
 
 
 def read_raven(path: str) -> list[dict[str, str]]:
@@ -155,42 +155,100 @@ def read_audacity(path: str) -> list[tuple[float, float, str]]:
     return out
 
 
-def plot(audio_path: str, sample_rate: int, detections: list[Detection], out_png: str,
-         max_s: float = 600.0) -> None:
-    """PNG spectrogram of the first `max_s` seconds with detections drawn as labelled boxes."""
+def read_result(paths: dict[str, str], labels: list[str]) -> FileResult:
+    """A file's result read back from its own outputs (`paths`: result type -> file), for a combined
+    table of a resumed run: the JSON if there is one, else the CSV, Raven table or Audacity track
+    (their species are matched to `labels`). The duration comes from the JSON, else from decoding
+    the audio named in the rows (else the last detection's end)."""
+    by_common = {lab.split("_", 1)[-1].lower(): lab for lab in labels}
+    if "json" in paths:
+        with open(paths["json"], encoding="utf-8") as f:
+            doc = json.load(f)
+        dets = [Detection(d["start_s"], d["end_s"], d["label"], d["confidence"]) for d in doc["detections"]]
+        return FileResult(doc["file"], float(doc["duration_s"]), dets)
+    audio_path, dets = None, []
+    if "csv" in paths:
+        with open(paths["csv"], encoding="utf-8", newline="") as f:
+            for r in csv.DictReader(f):
+                audio_path = r["File"]
+                dets.append(Detection(float(r["Start (s)"]), float(r["End (s)"]),
+                                      f"{r['Scientific name']}_{r['Common name']}", float(r["Confidence"])))
+    elif "table" in paths:
+        for r in read_raven(paths["table"]):
+            audio_path = r["Begin Path"]
+            lab = by_common.get(r["Common Name"].lower(), r["Common Name"])
+            dets.append(Detection(float(r["File Offset (s)"]), float(r["End Time (s)"]) - float(r["Begin Time (s)"])
+                                  + float(r["File Offset (s)"]), lab, float(r["Confidence"])))
+    else:
+        for s, e, text in read_audacity(paths["audacity"]):
+            common, _, conf = text.rpartition(" (")
+            dets.append(Detection(s, e, by_common.get(common.lower(), common), float(conf.rstrip(")"))))
+    return FileResult(audio_path or "", _decoded_duration(audio_path) or max((d.end_s for d in dets), default=0.0),
+                      dets)
+
+
+def _decoded_duration(path: str | None) -> float | None:
+    if not path or not os.path.exists(path):
+        return None
+    import soundfile as sf
+
+    with sf.SoundFile(path) as f:
+        n = sum(len(b) for b in f.blocks(blocksize=1 << 16, dtype="float32"))
+        return n / f.samplerate
+
+
+def plot(x, sample_rate: int, detections: list[Detection], out_png: str, title: str = "",
+         fmax_hz: float = DEFAULT_FMAX_HZ) -> None:
+    """PNG of a spectrogram (dB, colour scale set by the recording's own levels, with a colour bar)
+    up to the model's top frequency, and above it a label lane: one row per species, a bar for each
+    detection, darker for higher confidence."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from . import audio
-
-    blocks, n = [], 0
-    for b in audio.read_blocks(audio_path, sample_rate):
-        blocks.append(b)
-        n += len(b)
-        if n >= max_s * sample_rate:
-            break
-    x = np.concatenate(blocks)[: int(max_s * sample_rate)]
     dur = len(x) / sample_rate
-    fig, ax = plt.subplots(figsize=(min(40, max(8, dur / 4)), 4), dpi=100)
-    ax.specgram(x, NFFT=1024, Fs=sample_rate, noverlap=512, cmap="magma")
-    ax.set_ylim(0, min(15000, sample_rate / 2))
+    shown = [d for d in detections if d.start_s < dur]
+    species = list(dict.fromkeys(d.label for d in sorted(shown, key=lambda d: d.start_s)))
+    lane_h = 0.28 * max(1, len(species)) + 0.4
+    width = min(40.0, max(10.0, dur / 4))
+    fig, (lane, ax) = plt.subplots(2, 1, sharex=True, figsize=(width, 4.0 + lane_h),
+                                   gridspec_kw={"height_ratios": [lane_h, 4.0], "hspace": 0.05})
+    nfft = 1024
+    f, t, sxx = _spectrogram(np.asarray(x, dtype=np.float64), sample_rate, nfft)
+    keep = f <= min(fmax_hz, sample_rate / 2)
+    db = 10 * np.log10(sxx[keep] + 1e-12)
+    lo, hi = np.percentile(db, 20), np.percentile(db, 99.7)
+    im = ax.pcolormesh(t, f[keep] / 1000, db, shading="auto", cmap="magma", vmin=lo, vmax=max(hi, lo + 10))
+    ax.set_ylabel("kHz")
     ax.set_xlabel("time (s)")
-    ax.set_ylabel("Hz")
-    ax.set_title(os.path.basename(audio_path))
-    top = min(15000, sample_rate / 2)
-    for i, d in enumerate(d for d in detections if d.start_s < dur):
-        y0 = 300 + (i % 4) * 0.05 * top
-        ax.add_patch(plt.Rectangle((d.start_s, y0), d.end_s - d.start_s, top * 0.8, fill=False, color="cyan", lw=1))
-        ax.text(d.start_s, y0 + top * 0.8, f"{d.common} {d.confidence:.2f}", color="cyan", fontsize=7, va="bottom")
-    fig.tight_layout()
+    ax.set_xlim(0, dur)
+    cbar = fig.colorbar(im, ax=[lane, ax], fraction=0.02, pad=0.01)
+    cbar.set_label("dB (relative)")
+    for k, lab in enumerate(species):
+        for d in (d for d in shown if d.label == lab):
+            lane.barh(k, d.end_s - d.start_s, left=d.start_s, height=0.7, color=plt.cm.Greens(0.35 + 0.65 * d.confidence),
+                      edgecolor="darkgreen", linewidth=0.5)
+            ax.axvspan(d.start_s, d.end_s, ymin=0.97, ymax=1.0, color="lime", alpha=0.8, lw=0)
+    lane.set_yticks(range(len(species)), [lab.split("_", 1)[-1] for lab in species], fontsize=8)
+    lane.set_ylim(len(species) - 0.5, -0.5) if species else lane.set_yticks([])
+    lane.set_title((title + "  " if title else "") + f"{len(shown)} detections (bar colour: confidence)", fontsize=9)
+    lane.grid(axis="x", alpha=0.3)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    tmp = f"{out_png}.part{os.getpid()}"
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, out_png)
+    atomic_write(out_png, buf.getvalue())
+
+
+def _spectrogram(x, sample_rate: int, nfft: int):
+    """Power spectrogram with a Hann window and 50 % overlap: (frequencies, times, power [F, T])."""
+    import numpy as np
+
+    hop = nfft // 2
+    if len(x) < nfft:
+        x = np.pad(x, (0, nfft - len(x)))
+    frames = np.lib.stride_tricks.sliding_window_view(x, nfft)[::hop] * np.hanning(nfft)
+    p = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    t = (np.arange(len(frames)) * hop + nfft / 2) / sample_rate
+    return np.fft.rfftfreq(nfft, 1 / sample_rate), t, p.T

@@ -26,61 +26,32 @@ import sys
 import threading
 import warnings
 import zipfile
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE_HZ = 32000
-WINDOW_S = 3.0
-DEFAULT_MODEL_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                  "models", "birdsound_default.pt")
-DEFAULT_ONNX_PATH = os.path.splitext(DEFAULT_MODEL_PATH)[0] + ".onnx"  # the same model exported, for speed
+from .metadata import Metadata, ModelError
+from .util import first_line, quiet_logger, quiet_stderr
+
+DEFAULT_MODEL_NAME = "birdsound_default"
+
+
+def shipped_path(suffix: str) -> str:
+    """Path of the shipped default model file with `suffix` (package data ``birdsound.models``,
+    which is the repository's ``models/`` folder; found through :mod:`importlib.resources`)."""
+    from importlib.resources import files
+
+    try:
+        return str(files("birdsound.models") / (DEFAULT_MODEL_NAME + suffix))
+    except ModuleNotFoundError:  # a source tree used without installing it
+        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
+                            DEFAULT_MODEL_NAME + suffix)
+
+
+DEFAULT_MODEL_PATH = shipped_path(".pt")
+DEFAULT_ONNX_PATH = shipped_path(".onnx")  # the same model exported, for speed
 ONNX_METADATA_KEY = "birdsound_metadata"
 COREML_ELSEWHERE = "Core ML packages run on macOS and iOS only; use the .pt, .onnx or .pte here"
-
-
-class ModelError(Exception):
-    """A model file that cannot be used; the message names the file."""
-
-
-@dataclass
-class Metadata:
-    """What travels inside every model file."""
-
-    labels: list[str]
-    sample_rate: int = SAMPLE_RATE_HZ
-    window_s: float = WINDOW_S
-    model_version: str = "untrained"
-    license: str = "unspecified"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def window_samples(self) -> int:
-        return int(round(self.window_s * self.sample_rate))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.extra)
-        d.update(labels=list(self.labels), sample_rate=int(self.sample_rate),
-                 window_s=float(self.window_s), model_version=self.model_version,
-                 license=self.license)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Metadata":
-        core = {"labels", "sample_rate", "window_s", "model_version", "license"}
-        missing = {"labels", "sample_rate", "window_s"} - set(d)
-        if missing:
-            raise ValueError(f"metadata lacks {sorted(missing)}")
-        return cls(labels=list(d["labels"]), sample_rate=int(d["sample_rate"]),
-                   window_s=float(d["window_s"]), model_version=str(d.get("model_version", "")),
-                   license=str(d.get("license", "")),
-                   extra={k: v for k, v in d.items() if k not in core})
-
-
-def first_line(e: Exception) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0][:200] if s else type(e).__name__
 
 
 class Classifier:
@@ -155,7 +126,7 @@ def load_model(path: str | None = None, threads: int | None = None) -> Classifie
     path = path or DEFAULT_MODEL_PATH
     if not os.path.exists(path):
         shipped = path in (DEFAULT_MODEL_PATH, DEFAULT_ONNX_PATH)
-        hint = " (the default model ships in models/; reinstall or pass --model)" if shipped else ""
+        hint = " (the default model is package data of birdsound: reinstall birdsound, or pass --model)" if shipped else ""
         raise ModelError(f"{path}: no such model file{hint}")
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "Manifest.json")):
@@ -290,20 +261,6 @@ def _load_executorch(path: str, threads: int | None) -> Classifier:
     return Classifier(program, meta, path, "executorch")
 
 
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silence file descriptor 2 (C++ logging included) for the duration."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def _parse_meta(raw: str, path: str) -> Metadata:
     try:
         return Metadata.from_dict(json.loads(raw))
@@ -317,17 +274,3 @@ def _read_extra(names: list[str], path: str) -> str:
             if n.endswith("extra/metadata.json"):
                 return z.read(n).decode("utf-8")
     return ""
-
-
-@contextlib.contextmanager
-def quiet_logger(name: str):
-    """Only errors from logger `name` for the duration."""
-    import logging
-
-    log = logging.getLogger(name)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)

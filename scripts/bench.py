@@ -102,8 +102,8 @@ def stage_breakdown(path: str, seconds: float = 600.0) -> dict:
 
     from birdsound import audio, outputs
     from birdsound.detect import DetectOptions, detect
-    from birdsound.model import DEFAULT_MODEL_PATH, load_checkpoint
-    from birdsound.runtime import DEFAULT_ONNX_PATH, load_model
+    from birdsound.model import load_checkpoint
+    from birdsound.runtime import DEFAULT_MODEL_PATH, DEFAULT_ONNX_PATH, load_model
     from birdsound.stream import windows_from_blocks
 
     torch.set_num_threads(1)
@@ -166,8 +166,8 @@ def latency_table(work: str) -> list[dict]:
     import torch
 
     from birdsound import export as ex
-    from birdsound.model import DEFAULT_MODEL_PATH, ProbabilityModel, load_checkpoint
-    from birdsound.runtime import load_model
+    from birdsound.model import ProbabilityModel, load_checkpoint
+    from birdsound.runtime import DEFAULT_MODEL_PATH, load_model
 
     warnings.filterwarnings("ignore")
     net, meta = load_checkpoint(DEFAULT_MODEL_PATH)

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from birdsound import export as ex
-from birdsound.model import DEFAULT_MODEL_PATH, load_checkpoint, load_model
+from birdsound.model import load_checkpoint
+from birdsound.runtime import DEFAULT_MODEL_PATH, load_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

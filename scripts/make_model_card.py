@@ -8,8 +8,10 @@ import argparse
 import json
 import os
 
-from birdsound.model import DEFAULT_MODEL_PATH, load_checkpoint
-from birdsound.train import model_card, read_dataset
+from birdsound.dataset import read_dataset
+from birdsound.model import load_checkpoint
+from birdsound.modelcard import model_card
+from birdsound.runtime import DEFAULT_MODEL_PATH
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -135,9 +135,10 @@ def synth_dataset(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def small_model(synth_dataset, tmp_path_factory) -> str:
     """A tiny model trained for a few seconds on the synthetic species (the smoke training)."""
-    from birdsound.train import train
+    from birdsound.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("small_model")
     torch.set_num_threads(2)
-    train(synth_dataset, str(out), steps=120, seed=0, batch_size=32, model_version="smoke-1", license="test")
+    train(synth_dataset, str(out), TrainConfig(steps=120, seed=0, batch_size=32), model_version="smoke-1",
+          license="test")
     return str(out / "model.pt")

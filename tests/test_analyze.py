@@ -132,11 +132,12 @@ def test_species_lists_thresholds_top_n(tone_model, write_wav, tmp_path):
 
 def test_unusual_but_valid_audio(tone_model, write_wav, tmp_path):
     files = [
-        write_wav("sr8k.wav", tone_signal(4, [(1, 1.5, 1000.0)], sr=8000), 8000),
-        write_wav("sr192k.wav", tone_signal(4, [(1, 1.5, 3000.0)], sr=192000), 192000),
-        write_wav("ch8.wav", np.repeat(tone_signal(4, [(1, 1.5, 3000.0)])[:, None], 8, axis=1)),
+        # tones at 0.2-0.7 s: in the first window only (the 3-4 s tail is scored on the last 3 s, 1-4 s)
+        write_wav("sr8k.wav", tone_signal(4, [(0.2, 0.7, 1000.0)], sr=8000, noise=0.0), 8000),  # 8 kHz noise: 30-45 % in the high band
+        write_wav("sr192k.wav", tone_signal(4, [(0.2, 0.7, 3000.0)], sr=192000), 192000),
+        write_wav("ch8.wav", np.repeat(tone_signal(4, [(0.2, 0.7, 3000.0)])[:, None], 8, axis=1)),
         write_wav("tiny.wav", tone_signal(0.4, [(0.1, 0.3, 3000.0)])),
-        write_wav("vorbis.ogg", tone_signal(4, [(1, 1.5, 3000.0)]), format="OGG"),
+        write_wav("vorbis.ogg", tone_signal(4, [(0.2, 0.7, 3000.0)]), format="OGG"),
     ]
     out = tmp_path / "o"
     r = analyze(*files, "-m", tone_model, "-o", str(out), "--rtype", "csv")
@@ -153,6 +154,7 @@ def test_bad_files_reported_batch_continues(tone_model, write_wav, tmp_path):
     good = write_wav("in/good.wav", tone_signal(6, [(1, 1.5, 3000.0)]))
     (tmp_path / "in" / "empty.wav").write_bytes(b"")
     (tmp_path / "in" / "text.wav").write_text("this is not audio\n" * 20)
+    (tmp_path / "in" / "text.mp3").write_text("this is not audio either\n" * 20)
     full = open(good, "rb").read()
     (tmp_path / "in" / "truncated.wav").write_bytes(full[:30])
     nan = tone_signal(6, [])
@@ -163,15 +165,16 @@ def test_bad_files_reported_batch_continues(tone_model, write_wav, tmp_path):
     r = analyze(str(tmp_path / "in"), missing, "-m", tone_model, "-o", str(out), "--rtype", "csv")
     assert r.exit_code == 1
     lines = [l for l in r.output.splitlines() if l.startswith("error:")]
-    assert len(lines) == 5, r.output
-    for name, what in [("empty.wav", "empty"), ("text.wav", "not a readable audio file"),
+    assert len(lines) == 6, r.output
+    assert "Note:" not in r.output and "pipe" not in r.output  # no decoder chatter, no misleading cause
+    for name, what in [("empty.wav", "empty"), ("text.wav", "not an audio file"), ("text.mp3", "not an audio file"),
                        ("truncated.wav", ""), ("nan.wav", "NaN"), ("nowhere.wav", "no such file")]:
         assert any(name in l and what in l for l in lines), (name, r.output)
     assert "Traceback" not in r.output
     rows = read_csv(out / "good.birdsound.results.csv")
     assert [(float(x["Start (s)"]), x["Common name"]) for x in rows] == [(0.0, "High Tone")]
     assert not [p for p in os.listdir(out) if ".part" in p]
-    assert "1 files analysed" in r.output and "5 errors" in r.output
+    assert "1 files analysed" in r.output and "6 errors" in r.output
 
 
 @pytest.mark.parametrize("args,needle", [

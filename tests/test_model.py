@@ -15,7 +15,9 @@ import torch
 from click.testing import CliRunner
 
 from birdsound.cli import main
-from birdsound.model import BirdNetLite, ModelError, load_checkpoint, load_model
+from birdsound.metadata import ModelError
+from birdsound.model import BirdNetLite, load_checkpoint
+from birdsound.runtime import load_model
 from conftest import SR, SYNTH_SPECIES, synth_call
 
 
@@ -36,7 +38,7 @@ def test_smoke_training_learns_synthetic_species(small_model):
         correct += int(m.labels[int(np.argmax(p))] == label)
     assert correct >= 2  # 120 steps: well above chance (1 of 3)
     metrics = json.load(open(os.path.join(os.path.dirname(small_model), "metrics.json")))
-    assert metrics["n_recordings"] == 6 and metrics["steps"] == 120
+    assert metrics["n_recordings"] == 6 and metrics["config"]["steps"] == 120
     assert os.path.exists(os.path.join(os.path.dirname(small_model), "MODEL_CARD.md"))
 
 

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from birdsound.cli import main
-from birdsound.model import DEFAULT_MODEL_PATH, load_model
+from birdsound.runtime import DEFAULT_MODEL_PATH, load_model
 from conftest import shared_data_or_skip
 
 

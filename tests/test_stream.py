@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from birdsound.stream import Windower, band_limit, hop_samples, windows_from_blocks
+from birdsound.stream import Windower, band_limit, fill_tail, hop_samples, windows_from_blocks
 
 
 def reference(x: np.ndarray, window: int, hop: int):
-    """Window k covers [k*hop, k*hop+window); one padded window covers any remainder."""
+    """Window k covers [k*hop, k*hop+window); one more window covers any remainder, its samples
+    the input's last full window (or, for an input shorter than a window, the input looped)."""
     n, out, k = len(x), [], 0
     while True:
         s = k * hop
@@ -16,8 +17,7 @@ def reference(x: np.ndarray, window: int, hop: int):
         else:
             prev_end = (k - 1) * hop + window if k else 0
             if n > prev_end and s < n:
-                w = np.zeros(window, np.float32)
-                w[:n - s] = x[s:]
+                w = x[n - window:] if n >= window else fill_tail(x, window)
                 out.append((s, w, n - s))
             break
         k += 1
@@ -56,7 +56,29 @@ def test_batches_respect_batch_size_and_memory():
     w = Windower(100, 50, batch=4)
     out = list(w.push(np.zeros(10_000, np.float32)))
     assert all(len(b.starts) <= 4 for b in out)
-    assert len(w.buf) < 100 + 50  # only the tail that a future window needs is kept
+    assert len(w.buf) < 100 + 2 * 50  # only what a future window (or the tail window) needs is kept
+
+
+def test_fill_tail_loops_without_clicks_and_keeps_silence():
+    sr = 32000
+    t = np.arange(int(0.7 * sr)) / sr
+    rest = (0.5 * np.sin(2 * np.pi * 3000 * t + 0.3)).astype(np.float32)
+    w = fill_tail(rest, 3 * sr)
+    assert w.shape == (3 * sr,) and w.dtype == np.float32
+    np.testing.assert_array_equal(w[1000:len(rest) - 1000], rest[1000:-1000])  # the samples themselves, looped
+    np.testing.assert_array_equal(w[len(rest) + 1000:2 * len(rest) - 1000], rest[1000:-1000])
+    # a plain loop would jump at the join; the dip keeps every step as small as the tone's own
+    assert np.abs(np.diff(w)).max() <= np.abs(np.diff(rest)).max() * 1.01
+    assert not fill_tail(np.zeros(5000, np.float32), 96000).any()
+    assert not fill_tail(np.zeros(0, np.float32), 96000).any()
+
+
+def test_tail_window_is_last_full_window_of_real_audio():
+    x = np.arange(1, 251, dtype=np.float32)
+    got = [b for b in windows_from_blocks([x], 100, 100)]
+    last = got[-1]
+    assert int(last.starts[-1]) == 200 and int(last.lengths[-1]) == 50  # the rule: starts at 200, 50 real samples
+    np.testing.assert_array_equal(last.windows[-1], x[150:250])  # scored on samples 150-250, no padding
 
 
 def test_hop_from_overlap():

@@ -1,0 +1,240 @@
+"""Training batches: sampling windows of prepared recordings, their targets, and augmentation.
+
+Everything happens on mel *power* crops (computed once per recording): mixing two species,
+adding background (real bird-free windows, synthesized noise, a user's ``noise`` folder) at a
+random SNR, gain and band-limiting; then log-mel normalisation and SpecAugment masks.
+
+With a teacher (:mod:`birdsound.teacher`), a window's target blends the recording's weak label
+with the teacher's probabilities for our species; species windows are drawn where the teacher
+hears the focal species, and windows where it hears none of our species are negatives. Mixing
+two windows mixes their targets the same way (union: the maximum) and their teacher logits and
+embeddings (maximum, energy-weighted mean).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .dataset import Recording
+from .teacher import NEG_P
+
+CANDIDATE_STEP_FRAMES = 8  # spacing of candidate training windows of recordings without a teacher
+POS_P = 0.2  # teacher probability of the focal species that makes a window a species window
+JITTER_S = 0.5  # student crops start up to this far from their teacher window's start
+
+
+@dataclass
+class SamplerConfig:
+    """How batches are drawn and augmented."""
+
+    bg_share: float = 0.25  # share of all-negative windows in a batch
+    mix_p: float = 0.35  # chance a species window gets a second species mixed in
+    noise_p: float = 0.5  # chance a species window gets background added
+    snr_db: tuple[float, float] = (-3.0, 25.0)
+    hard_weight: float = 0.5  # target = hard_weight * weak label + (1 - hard_weight) * teacher
+    real_negative_share: float = 0.5  # of negatives: teacher-empty real windows (when a teacher is used)
+
+
+@dataclass
+class Batch:
+    """Mel power crops ``[B, F, T]`` and what they are trained towards."""
+
+    x: torch.Tensor
+    y: torch.Tensor  # [B, C] targets in [0, 1]
+    kd: torch.Tensor  # [B, C] teacher logits (0 where kd_mask is False)
+    kd_mask: torch.Tensor  # [B, C] bool
+    emb: torch.Tensor | None  # [B, D] teacher embeddings
+    emb_mask: torch.Tensor | None  # [B] bool
+
+
+def crop(power: torch.Tensor, start: int, window_frames: int) -> torch.Tensor:
+    """``[F, window_frames]`` float32 crop of a mel power, zero-padded past the end."""
+    c = power[:, start:start + window_frames].float()
+    if c.shape[1] < window_frames:
+        c = nn.functional.pad(c, (0, window_frames - c.shape[1]))
+    return c
+
+
+def level(p: torch.Tensor) -> torch.Tensor:
+    """A robust loudness of a crop (median frame power)."""
+    return p.sum(dim=0).median() + 1e-10
+
+
+def spec_augment(logmel: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Two frequency masks (<= 8 bins) and two time masks (<= 20 frames), filled with 0."""
+    x = logmel.clone()
+    b, _, f, t = x.shape
+    for i in range(b):
+        for _ in range(2):
+            w = rng.randint(0, 8)
+            s = rng.randint(0, f - w)
+            x[i, :, s:s + w] = 0
+            w = rng.randint(0, 20)
+            s = rng.randint(0, t - w)
+            x[i, :, :, s:s + w] = 0
+    return x
+
+
+@dataclass
+class _Item:
+    """One sampled window before batching."""
+
+    x: torch.Tensor
+    y: np.ndarray
+    kd: np.ndarray | None  # teacher logits, NaN where unknown
+    emb: np.ndarray | None
+
+
+class Sampler:
+    """Draws augmented training batches of mel power crops and their targets.
+
+    Parameters
+    ----------
+    recs : prepared recordings (``power``, ``starts``, ``quiet``; ``teacher`` when distilling)
+    labels : the model's labels (targets' columns)
+    noise_powers : mel powers of bird-free audio (synthesized noise, noise folders, speech)
+    window_frames : frames of one model window
+    frame_rate : frames per second of the mel power
+    """
+
+    def __init__(self, recs: list[Recording], labels: list[str], noise_powers: list[torch.Tensor],
+                 window_frames: int, frame_rate: float, seed: int, cfg: SamplerConfig | None = None,
+                 negative_recs: list[Recording] = ()):
+        self.cfg = cfg or SamplerConfig()
+        self.labels = labels
+        self.n = len(labels)
+        self.index = {lab: i for i, lab in enumerate(labels)}
+        self.wf, self.fps = window_frames, frame_rate
+        self.rng = random.Random(seed)
+        self.noise_powers = noise_powers
+        self.jitter = int(JITTER_S * frame_rate)
+        self.teacher = any(r.teacher is not None for r in recs)
+        self.emb_dim = next((r.teacher.emb.shape[1] for r in recs if r.teacher is not None), 0)
+        # species pools: species -> list of (recording, candidate start frames, teacher row of each or -1)
+        self.pos: dict[int, list[tuple[Recording, np.ndarray, np.ndarray]]] = {}
+        for r in recs:
+            c = self.index[r.labels[0]]
+            cand = self._positive_candidates(r, c)
+            if cand is not None:
+                self.pos.setdefault(c, []).append((r, *cand))
+        self.species = sorted(self.pos)
+        self.quiet = [(r.power, r.quiet) for r in recs if r.quiet is not None and len(r.quiet)]
+        # teacher-empty windows of every recording (and of bird-free files run through the teacher)
+        self.negatives = [(r, np.flatnonzero(r.teacher.ours_max < NEG_P)) for r in list(recs) + list(negative_recs)
+                          if r.teacher is not None]
+        self.negatives = [(r, j) for r, j in self.negatives if len(j)]
+
+    def _positive_candidates(self, r: Recording, c: int):
+        t = r.teacher
+        if t is not None and not np.isnan(t.probs[:, c]).all():
+            rows = np.flatnonzero(t.probs[:, c] >= POS_P)
+            if len(rows):
+                return t.frames[rows], rows
+        if r.starts is not None and len(r.starts):  # no teacher, or it never hears the focal bird: weak label
+            return r.starts, np.full(len(r.starts), -1)
+        return None
+
+    # ------------------------------------------------------------ single windows
+    def _targets(self, r: Recording | None, row: int, hard: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        if r is None or r.teacher is None or row < 0:
+            return hard, None, None
+        t = r.teacher
+        soft = t.probs[row].copy()
+        unknown = np.isnan(soft)
+        soft[unknown] = hard[unknown]
+        w = self.cfg.hard_weight
+        return w * hard + (1 - w) * soft, t.logits[row], t.emb[row].astype(np.float32)
+
+    def _at(self, r: Recording, start: int) -> torch.Tensor:
+        start = int(np.clip(start, 0, max(0, r.power.shape[1] - self.wf)))
+        return crop(r.power, start, self.wf)
+
+    def species_window(self, c: int | None = None) -> tuple[_Item, int]:
+        c = self.rng.choice(self.species) if c is None else c
+        r, starts, rows = self.rng.choice(self.pos[c])
+        k = self.rng.randrange(len(starts))
+        jitter = self.rng.randint(-self.jitter, self.jitter) if rows[k] >= 0 else self.rng.randint(0, CANDIDATE_STEP_FRAMES - 1)
+        hard = np.zeros(self.n, np.float32)
+        for lab in r.labels:
+            hard[self.index[lab]] = 1.0
+        y, kd, emb = self._targets(r, int(rows[k]), hard)
+        return _Item(self._at(r, int(starts[k]) + jitter), y, kd, emb), c
+
+    def negative_window(self) -> _Item:
+        """A window without any of our species: teacher-empty real audio, a quiet stretch, or noise."""
+        zero = np.zeros(self.n, np.float32)
+        u = self.rng.random()
+        if self.negatives and u < self.cfg.real_negative_share:
+            r, rows = self.rng.choice(self.negatives)
+            j = int(self.rng.choice(rows))
+            y, kd, emb = self._targets(r, j, zero)
+            return _Item(self._at(r, int(r.teacher.frames[j]) + self.rng.randint(-self.jitter, self.jitter)), y, kd, emb)
+        if self.quiet and self.rng.random() < 0.3:
+            p, starts = self.rng.choice(self.quiet)
+            return _Item(crop(p, int(self.rng.choice(starts)), self.wf), zero, None, None)
+        p = self.rng.choice(self.noise_powers)
+        return _Item(crop(p, self.rng.randint(0, max(0, p.shape[1] - self.wf)), self.wf), zero, None, None)
+
+    # ------------------------------------------------------------ mixing
+    @staticmethod
+    def _mix(a: _Item, b: _Item, gain: float) -> _Item:
+        """``a + gain * b`` with targets mixed the same way: union (max) of targets and teacher
+        logits, embeddings weighted by each part's share of the energy."""
+        x = a.x + b.x * gain
+        y = np.maximum(a.y, b.y)
+        kd = None if a.kd is None or b.kd is None else np.fmax(a.kd, b.kd)
+        if a.kd is not None and b.kd is None:
+            kd = a.kd  # background without a teacher (synthesized noise): the teacher of `a` still holds
+        emb = a.emb
+        if a.emb is not None and b.emb is not None:
+            ea, eb = float(a.x.sum()), float(b.x.sum()) * gain
+            w = eb / (ea + eb + 1e-12)
+            emb = (1 - w) * a.emb + w * b.emb
+        return _Item(x, y, kd, emb)
+
+    def batch(self, size: int) -> Batch:
+        cfg, items = self.cfg, []
+        for _ in range(size):
+            if self.rng.random() < cfg.bg_share or not self.species:
+                it = self.negative_window()
+            else:
+                it, c = self.species_window()
+                if self.rng.random() < cfg.mix_p and len(self.species) > 1:
+                    it2, _ = self.species_window(self.rng.choice([s for s in self.species if s != c]))
+                    gain = float(level(it.x) / level(it2.x)) * 10 ** (self.rng.uniform(-10, 3) / 10)
+                    it = self._mix(it, it2, gain)
+                if self.rng.random() < cfg.noise_p:
+                    n = self.negative_window()
+                    snr_db = self.rng.uniform(*cfg.snr_db)
+                    gain = float(it.x.mean() / (n.x.mean() + 1e-10)) * 10 ** (-snr_db / 10)
+                    it = self._mix(it, n, gain)
+            it.x = it.x * 10 ** (self.rng.uniform(-30, 10) / 10)
+            if self.rng.random() < 0.2:  # band-limit: a low or high cut
+                k = self.rng.randint(4, 20)
+                if self.rng.random() < 0.5:
+                    it.x[:k] *= 1e-3
+                else:
+                    it.x[-k:] *= 1e-3
+            items.append(it)
+        kd = np.zeros((size, self.n), np.float32)
+        kd_mask = np.zeros((size, self.n), bool)
+        for i, it in enumerate(items):
+            if it.kd is not None:
+                ok = ~np.isnan(it.kd)
+                kd[i, ok] = it.kd[ok]
+                kd_mask[i] = ok
+        emb = emb_mask = None
+        if self.teacher:
+            emb = torch.zeros(size, self.emb_dim)
+            emb_mask = torch.zeros(size, dtype=torch.bool)
+            for i, it in enumerate(items):
+                if it.emb is not None:
+                    emb[i] = torch.from_numpy(it.emb)
+                    emb_mask[i] = True
+        return Batch(torch.stack([it.x for it in items]), torch.from_numpy(np.stack([it.y for it in items])),
+                     torch.from_numpy(kd), torch.from_numpy(kd_mask), emb, emb_mask)

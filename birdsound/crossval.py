@@ -1,0 +1,157 @@
+"""Cross-validation by recording: folds, held-out metrics, false detections on bird-free audio,
+and the choice of how window scores become one score per recording.
+
+A recording is never split: all its windows are in one fold. Every species' recordings are dealt
+round-robin over the folds (same folds for the same seed, whatever the model).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from .augment import crop
+from .dataset import Recording
+from .detect import DEFAULT_MIN_CONF
+from .teacher import NEG_P
+from .metrics import RECORDING_SCORES, false_detections, macro_ap, macro_auc, recording_scores, topk_accuracy
+
+EVAL_HOP_S = 1.5  # hop of validation windows for window and recording metrics
+METRIC_KEYS = ("recording_top1", "recording_top5", "window_macro_ap", "window_macro_auc",
+               "false_detections_per_hour")
+
+
+def assign_folds(recs: list[Recording], k: int, seed: int) -> list[int]:
+    """Fold of every recording: each species' recordings are dealt round-robin over the folds."""
+    rng = random.Random(seed)
+    folds = [0] * len(recs)
+    by: dict[str, list[int]] = {}
+    for i, r in enumerate(recs):
+        by.setdefault(r.labels[0], []).append(i)
+    for sp in sorted(by):
+        idx = by[sp]
+        rng.shuffle(idx)
+        off = rng.randrange(k)
+        for j, i in enumerate(idx):
+            folds[i] = (off + j) % k
+    return folds
+
+
+def fold_splits(recs: list[Recording], folds: int, seed: int):
+    """Yield (k, training recordings, validation recordings) for each of `folds` folds by recording."""
+    fa = assign_folds(recs, folds, seed)
+    for k in range(folds):
+        yield k, [r for r, f in zip(recs, fa) if f != k], [r for r, f in zip(recs, fa) if f == k]
+
+
+@torch.no_grad()
+def window_probs(net, power: torch.Tensor, starts, window_frames: int) -> np.ndarray:
+    """Sigmoid scores ``[len(starts), C]`` of the windows of a mel power starting at `starts` (frames)."""
+    crops = torch.stack([crop(power, int(s), window_frames) for s in starts])
+    return torch.cat([torch.sigmoid(net.forward_mel(c)) for c in crops.split(64)]).numpy()
+
+
+def full_window_starts(power: torch.Tensor, window_frames: int, hop_frames: int) -> list[int]:
+    return list(range(0, max(1, power.shape[1] - window_frames + 1), hop_frames))
+
+
+def bird_free_windows(r: Recording, window_frames: int, frame_rate: float, hop_s: float) -> list[int]:
+    """Start frames of the default-setting windows (hop = window) of `r` in which the teacher hears
+    none of our species (its window at the same start scores every one of them below NEG_P)."""
+    t = r.teacher
+    if t is None:
+        return []
+    empty = {int(f) for f, m in zip(t.frames, t.ours_max) if m < NEG_P}
+    hop = int(round(hop_s * frame_rate))
+    return [s for s in full_window_starts(r.power, window_frames, hop) if s in empty]
+
+
+def validate(net, prep, recs: list[Recording], negatives: list[Recording] = ()) -> dict:
+    """Held-out metrics of `net` on `recs`: window macro AP / ROC-AUC (every label of a recording
+    is a positive in all its windows: weak labels), recording top-1/top-5 for every method of
+    :data:`birdsound.metrics.RECORDING_SCORES`, and false detections per hour at the default
+    ``min_conf`` on bird-free audio (teacher-empty windows of `recs`, and `negatives`)."""
+    net.eval()
+    labels = prep.labels
+    index = {lab: i for i, lab in enumerate(labels)}
+    wf, fps = prep.window_frames, prep.frame_rate
+    hop = int(round(EVAL_HOP_S * fps))
+    window_s = wf / fps
+    T, S, true, per_rec = [], [], [], []
+    for r in recs:
+        probs = window_probs(net, r.power, full_window_starts(r.power, wf, hop), wf)
+        t = np.zeros_like(probs)
+        for lab in r.labels:
+            t[:, index[lab]] = 1
+        T.append(t)
+        S.append(probs)
+        true.append(index[r.labels[0]])
+        per_rec.append(probs)
+    T, S, y = np.concatenate(T), np.concatenate(S), np.array(true)
+    out = {"window_macro_ap": macro_ap(T, S)[0], "window_macro_auc": macro_auc(T, S),
+           "n_recordings": len(recs), "n_windows": int(len(T))}
+    for method in RECORDING_SCORES:
+        R = np.stack([recording_scores(p, method) for p in per_rec])
+        out[f"recording_top1_{method}"] = topk_accuracy(y, R, 1)
+        out[f"recording_top5_{method}"] = topk_accuracy(y, R, 5)
+    # false detections at default settings: windows of window_s, no overlap
+    fd = {}
+    free = [window_probs(net, r.power, s, wf) for r in recs if (s := bird_free_windows(r, wf, fps, window_s))]
+    fd["validation_recordings"] = false_detections(np.concatenate(free) if free else np.zeros((0, len(labels))),
+                                                   window_s, DEFAULT_MIN_CONF)
+    neg = [window_probs(net, r.power, s, wf) for r in negatives if (s := bird_free_windows(r, wf, fps, window_s))]
+    if neg:
+        fd["bird_free_files"] = false_detections(np.concatenate(neg), window_s, DEFAULT_MIN_CONF)
+    hours = sum(v["hours"] for v in fd.values())
+    out["false_detections"] = fd
+    out["false_detections_per_hour"] = sum(v["detections"] for v in fd.values()) / hours if hours else float("nan")
+    return out
+
+
+def with_method(m: dict, method: str) -> dict:
+    """Metrics with the plain recording_top1/top5 keys set from one aggregation `method`."""
+    return {**m, "recording_top1": m[f"recording_top1_{method}"], "recording_top5": m[f"recording_top5_{method}"]}
+
+
+def mean_metrics(folds: list[dict]) -> dict:
+    keys = [k for k, v in folds[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return {k: float(np.mean([f[k] for f in folds])) for k in keys}
+
+
+def choose_method(folds: list[dict]) -> str:
+    """The recording aggregation with the best mean top-1 (then top-5) over folds."""
+    return max(RECORDING_SCORES, key=lambda m: (np.mean([f[f"recording_top1_{m}"] for f in folds]),
+                                                np.mean([f[f"recording_top5_{m}"] for f in folds])))
+
+
+def cross_validate(prep, cfg, folds: int, val_negatives: list[str] = (), log=print) -> dict:
+    """K-fold cross-validation by recording of the recipe `cfg`; returns the report with the final
+    step's metrics per fold, their mean, and the chosen recording aggregation."""
+    from . import audio
+    from .train import attach_teacher, fit, prepare
+
+    neg = []
+    if val_negatives:
+        neg, errors = prepare([Recording(p, []) for p, _ in audio.find_audio_files(list(val_negatives))],
+                              prep.frontend, prep.window_frames, desc="bird-free validation audio")
+        if cfg.teacher:
+            attach_teacher(neg, prep.labels, prep.frame_rate, prep.cache_dir)
+    results = []
+    for k, tr, va in fold_splits(prep.recs, folds, cfg.seed):
+        def evaluate(net, step, va=va):
+            m = validate(net, prep, va, neg)
+            m["step"] = step
+            return with_method(m, "top25")
+
+        _, info = fit(prep, tr, replace(cfg, seed=cfg.seed + k), desc=f"fold {k + 1}/{folds}", evaluate=evaluate)
+        results.append(info["final"])
+        results[-1]["history"] = [{key: h[key] for key in METRIC_KEYS + ("step",) if key in h} for h in info["history"]]
+        log(f"fold {k + 1}/{folds}: " + json.dumps({key: round(float(info["final"][key]), 4) for key in METRIC_KEYS}))
+    method = choose_method(results)
+    results = [with_method(f, method) for f in results]
+    return {"folds": results, "mean": mean_metrics([{k: v for k, v in f.items() if k != "history"} for f in results]),
+            "recording_score": method, "k": folds}
