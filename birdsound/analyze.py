@@ -159,7 +159,7 @@ def analyze_chunk(model: Classifier, chunk: Chunk, opts: AnalyzeOptions) -> Chun
     dets: list[Detection] = []
     ended = _Ended()
     for wb in chunk_windows(chunk, sr, win, hop, opts.channel, opts.batch, ended):
-        probs = model.predict(band_limit(wb.windows, sr, opts.fmin_hz, opts.fmax_hz))
+        probs = wb.score(lambda w: model.predict(band_limit(w, sr, opts.fmin_hz, opts.fmax_hz)))
         dets += detect(wb.starts / sr, (wb.starts + wb.lengths) / sr, probs, meta.labels, opts.detect)
     return ChunkResult(dets, ended.end_sample)
 

@@ -169,8 +169,10 @@ def analyze(paths, out_dir, model_path, overlap, min_conf, sensitivity, top_n, i
 @click.argument("model_path", required=False, type=click.Path())
 @click.option("--labels", "show_labels", is_flag=True, help="List every species label.")
 def info(model_path, show_labels):
-    """Show a model's species, sample rate, window, size and metadata (default: shipped model)."""
-    model = load_model_or_fail(model_path, run=False)
+    """Show a model's species, sample rate, window, size and metadata (default: shipped model).
+
+    Reads only the file's metadata: no torch import for the shipped model (its ONNX export)."""
+    model = load_model_or_fail(model_path, run=False, fast=True)
     m = model.meta
     from .runtime import file_size
 
@@ -189,12 +191,19 @@ def info(model_path, show_labels):
         for k in ("parameters", "mflops", "quantization", "format"):
             if k in m.extra:
                 click.echo(f"{k + ':':15} {m.extra[k]}")
+    fe = m.extra.get("frontend")
+    if fe:
+        click.echo(f"front end:      {fe.get('n_mels')} mel bins {fe.get('fmin_hz', 0):g}-{fe.get('fmax_hz', 0):g} Hz, "
+                   f"FFT {fe.get('n_fft')}, hop {fe.get('hop')} samples")
+    for k, name in (("teacher", "distilled from"), ("pretrained", "pretrained"), ("recording_score", "recording score")):
+        if k in m.extra:
+            click.echo(f"{name + ':':15} {m.extra[k]}")
     if "io" in m.extra:
         click.echo(f"input/output:   {m.extra['io']}")
     click.echo(f"species:        {len(m.labels)}")
     labels = m.labels if show_labels else m.labels[:5] + (["... (--labels lists all)"] if len(m.labels) > 5 else [])
-    for l in labels:
-        click.echo(f"  {l}")
+    for lab in labels:
+        click.echo(f"  {lab}")
 
 
 @main.command(context_settings=CONTEXT)
@@ -217,13 +226,19 @@ def info(model_path, show_labels):
               help="Bird-free audio for the cross-validated false-detection rate; repeatable.")
 @click.option("--teacher-cache", type=click.Path(file_okay=False), default=None,
               help="Folder for the teacher's cached outputs.")
+@click.option("--arch", type=click.Choice(["v1", "mn"]), default="v1", show_default=True,
+              help="Backbone: v1 (birdsound's MobileNetV3-small style CNN) or mn (EfficientAT's MobileNetV3, "
+                   "width 0.4, first 12 blocks).")
+@click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --arch mn: start from EfficientAT mn04 AudioSet weights (a state dict file).")
+@click.option("--lr", type=click.FloatRange(min=1e-6), default=3e-3, show_default=True, help="Peak learning rate.")
 @click.option("--base", type=click.Path(dir_okay=False), help="Base model whose frozen backbone is reused.")
 @click.option("--head-only", is_flag=True, help="With --base: train only a new classification head (fast).")
 @click.option("--model-version", default=None, help="Version string stored in the model.")
 @click.option("--license", "license_", default="same terms as the training recordings", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 def train(data, out_dir, steps, batch_size, folds, cv_only, seed, teacher, negatives, val_negatives, teacher_cache,
-          base, head_only, model_version, license_, threads):
+          arch, pretrained, lr, base, head_only, model_version, license_, threads):
     """Train a model on DATA: a folder with one subfolder per species
     ("Scientific name_Common name/", BirdNET-Analyzer's layout; an optional "noise/" folder
     holds recordings without birds) or a manifest CSV with columns path,species.
@@ -239,6 +254,8 @@ def train(data, out_dir, steps, batch_size, folds, cv_only, seed, teacher, negat
         fail("--head-only needs --base MODEL")
     if teacher and head_only:
         fail("--teacher trains the whole model; it does not combine with --head-only")
+    if pretrained and arch != "mn":
+        fail("--pretrained needs --arch mn (EfficientAT mn04 weights)")
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     try:
         if head_only:
@@ -248,7 +265,10 @@ def train(data, out_dir, steps, batch_size, folds, cv_only, seed, teacher, negat
             except ModelError as e:
                 fail(f"--base {e}")
         else:
-            cfg = tr.TrainConfig(steps=steps, batch_size=batch_size, seed=seed, teacher=teacher)
+            mn = arch == "mn"
+            cfg = tr.TrainConfig(steps=steps, batch_size=batch_size, seed=seed, teacher=teacher, lr=lr,
+                                 backbone={"type": "mn", "depth": 12} if mn else None,
+                                 frontend={"scale": 0.2} if mn else None, pretrained=pretrained)
             report = tr.train(data, out_dir, cfg, folds=folds, cv_only=cv_only, negatives=list(negatives),
                               val_negatives=list(val_negatives), model_version=model_version, license=license_,
                               cache_dir=teacher_cache, log=log)
@@ -327,7 +347,7 @@ def embed(paths, out_path, model_path, overlap):
 @click.option("--format", "fmt", type=click.Choice(["torchscript", "lite", "onnx", "executorch", "coreml"]),
               default="torchscript", show_default=True,
               help="torchscript: frozen TorchScript .pt; lite: PyTorch Mobile lite-interpreter .ptl; "
-                   "onnx: ONNX opset 18 for onnxruntime (onnx extra); executorch: ExecuTorch .pte with the "
+                   "onnx: ONNX opset 18 for onnxruntime; executorch: ExecuTorch .pte with the "
                    "XNNPACK delegate, batch 1-8 (executorch extra); coreml: Core ML .mlpackage, fp32, "
                    "batch 1 (coreml extra).")
 @click.option("--quantize", type=click.Choice(["none", "dynamic", "int8"]), default="none", show_default=True,
@@ -424,16 +444,17 @@ def listen(device, model_path, overlap, min_conf, sensitivity, top_n, include, e
     Each line: local wall-clock time, stream offset (s), species, confidence. Ctrl-C or SIGTERM stops
     cleanly: the current window is scored, the log and clips are flushed, a summary is printed.
     """
-    from .listen import LiveError
+    from .listen import LiveError, LiveOptions
     from .listen import listen as run_listen
 
     # one thread: one window per hop is light, and idle OpenMP threads would spin (~10 % of a core)
     model = load_model_or_fail(model_path, threads=1, fast=True)
     check_overlap(model, overlap)
     dopts = detect_options(model, min_conf, sensitivity, top_n, include, exclude, thresholds)
+    live = LiveOptions(overlap, duration, min_hits, within, cooldown, log_path, clips_dir, pre_roll, post_roll)
     try:
-        s = run_listen(model, dopts, device, overlap, duration, min_hits, within, cooldown, log_path, clips_dir,
-                       pre_roll, post_roll, echo=lambda m: click.echo(m), echo_err=lambda m: click.echo(m, err=True))
+        s = run_listen(model, dopts, device, live, echo=lambda m: click.echo(m),
+                       echo_err=lambda m: click.echo(m, err=True))
     except LiveError as e:
         fail(str(e))
     click.echo(s.line(), err=True)

@@ -150,7 +150,9 @@ def cross_validate(prep, cfg, folds: int, val_negatives: list[str] = (), log=pri
         _, info = fit(prep, tr, replace(cfg, seed=cfg.seed + k), desc=f"fold {k + 1}/{folds}", evaluate=evaluate)
         results.append(info["final"])
         results[-1]["history"] = [{key: h[key] for key in METRIC_KEYS + ("step",) if key in h} for h in info["history"]]
-        log(f"fold {k + 1}/{folds}: " + json.dumps({key: round(float(info["final"][key]), 4) for key in METRIC_KEYS}))
+        fd = {src: round(v["per_hour"], 1) for src, v in info["final"]["false_detections"].items()}
+        log(f"fold {k + 1}/{folds}: " + json.dumps({key: round(float(info["final"][key]), 4) for key in METRIC_KEYS})
+            + f" false detections per hour by source {fd}")
     method = choose_method(results)
     results = [with_method(f, method) for f in results]
     return {"folds": results, "mean": mean_metrics([{k: v for k, v in f.items() if k != "history"} for f in results]),

@@ -69,27 +69,47 @@ def label_matcher(labels: list[str]) -> dict[str, int]:
     return m
 
 
-def resolve_species(name: str, labels: list[str], where: str) -> int:
-    idx = label_matcher(labels).get(name.strip().lower())
-    if idx is None:
-        raise SpeciesListError(f"{where}: unknown species '{name.strip()}' (not among the model's {len(labels)} labels; "
-                               "see 'birdsound info')")
-    return idx
+def closest_label(name: str, labels: list[str]) -> str | None:
+    """The label whose full, scientific or common name is closest to `name` (difflib), if any is close."""
+    import difflib
+
+    keys = label_matcher(labels)
+    hit = difflib.get_close_matches(name.strip().lower(), list(keys), n=1, cutoff=0.6)
+    return labels[keys[hit[0]]] if hit else None
+
+
+def _unknown_error(path: str, unknown: list[tuple[int, str]], labels: list[str]) -> SpeciesListError:
+    parts = []
+    for lineno, name in unknown:
+        near = closest_label(name, labels)
+        parts.append(f"line {lineno} '{name}'" + (f" (did you mean '{near}'?)" if near else " (nothing close)"))
+    return SpeciesListError(f"{path}: {len(unknown)} unknown species, not among the model's {len(labels)} labels: "
+                            + "; ".join(parts) + " (see 'birdsound info --labels')")
 
 
 def load_species_list(path: str, labels: list[str]) -> frozenset[int]:
-    """Label indices named in a file: one scientific name, common name or full label per line."""
-    out = set()
+    """Label indices named in a file: one scientific name, common name or full label per line.
+    Every unknown name is reported (with the closest label) in one error."""
+    match = label_matcher(labels)
+    out, unknown = set(), []
     for lineno, line in enumerate(_read_lines(path), 1):
         name = line.split("#", 1)[0].strip()
-        if name:
-            out.add(resolve_species(name, labels, f"{path} line {lineno}"))
+        if not name:
+            continue
+        idx = match.get(name.lower())
+        if idx is None:
+            unknown.append((lineno, name))
+        else:
+            out.add(idx)
+    if unknown:
+        raise _unknown_error(path, unknown, labels)
     return frozenset(out)
 
 
 def load_thresholds(path: str, labels: list[str]) -> dict[int, float]:
     """Per-species thresholds from a CSV ``name,threshold`` (header optional)."""
-    out = {}
+    match = label_matcher(labels)
+    out, unknown = {}, []
     rows = list(csv.reader(_read_lines(path)))
     for lineno, row in enumerate(rows, 1):
         if not row or not row[0].strip() or row[0].strip().startswith("#"):
@@ -104,7 +124,13 @@ def load_thresholds(path: str, labels: list[str]) -> dict[int, float]:
             raise SpeciesListError(f"{path} line {lineno}: threshold '{row[1].strip()}' is not a number") from None
         if not 0.0 <= t <= 1.0:
             raise SpeciesListError(f"{path} line {lineno}: threshold {t} outside 0-1")
-        out[resolve_species(row[0], labels, f"{path} line {lineno}")] = t
+        idx = match.get(row[0].strip().lower())
+        if idx is None:
+            unknown.append((lineno, row[0].strip()))
+        else:
+            out[idx] = t
+    if unknown:
+        raise _unknown_error(path, unknown, labels)
     return out
 
 

@@ -34,7 +34,7 @@ def probabilities(model: Classifier, path: str, overlap_s: float = 0.0,
     starts, probs = [], []
     for wb in file_windows(path, sr, win, hop_samples(win, overlap_s, sr), channel):
         starts.append(wb.starts / sr)
-        probs.append(model.predict(wb.windows))
+        probs.append(wb.score(model.predict))
     return np.concatenate(starts), np.concatenate(probs)
 
 
@@ -57,7 +57,7 @@ def false_detection_report(model: Classifier, negatives: list[str] = (), teacher
     sr, win = model.meta.sample_rate, model.meta.window_samples
     window_s = model.meta.window_s
     by = {}
-    synth = [model.predict(wb.windows) for x in synthetic_negatives(sr) for wb in windows_from_blocks([x], win, win)]
+    synth = [wb.score(model.predict) for x in synthetic_negatives(sr) for wb in windows_from_blocks([x], win, win)]
     by["synthesized_noise"] = false_detections(np.concatenate(synth), window_s, DEFAULT_MIN_CONF)
     if negatives:
         probs = []

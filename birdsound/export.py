@@ -38,8 +38,9 @@ FP32_TOLERANCE = 1e-4
 INT8_MIN_TOP1_AGREEMENT = 0.95
 
 
-FORMAT_NEEDS = {"onnx": (("onnx", "onnxscript"), "onnx"), "executorch": (("executorch",), "executorch"),
-                "coreml": (("coremltools",), "coreml")}
+FORMAT_NEEDS = {"onnx": (("onnx", "onnxscript"), "onnx and onnxscript: pip install onnx onnxscript"),
+                "executorch": (("executorch",), "the executorch extra: pip install 'birdsound[executorch]'"),
+                "coreml": (("coremltools",), "the coreml extra: pip install 'birdsound[coreml]'")}
 
 
 class ExportError(Exception):
@@ -53,9 +54,9 @@ def check_format(fmt: str, quantize: str = "none") -> None:
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
-    modules, extra = FORMAT_NEEDS.get(fmt, ((), ""))
+    modules, what = FORMAT_NEEDS.get(fmt, ((), ""))
     if any(importlib.util.find_spec(m) is None for m in modules):
-        raise ExportError(f"--format {fmt} needs the {extra} extra: pip install 'birdsound[{extra}]'")
+        raise ExportError(f"--format {fmt} needs {what}")
     if fmt in ("onnx", "coreml") and quantize != "none":
         raise ExportError(f"--format {fmt} --quantize {quantize}: not supported; quantized models are exported "
                           "as --format lite, torchscript or executorch")
@@ -144,7 +145,7 @@ def save_onnx(module: nn.Module, meta: dict, path: str, window_samples: int) -> 
     try:
         import onnx
     except ImportError:
-        raise ExportError("--format onnx needs the onnx extra: pip install 'birdsound[onnx]'") from None
+        raise ExportError(f"--format onnx needs {FORMAT_NEEDS['onnx'][1]}") from None
     from .runtime import ONNX_METADATA_KEY
 
     wrapped = ProbabilityModel(portable_copy(module)).eval()
@@ -180,7 +181,7 @@ def save_executorch(net: BirdNetLite, meta: dict, path: str, window_samples: int
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
             from executorch.exir import to_edge_transform_and_lower
     except ImportError:
-        raise ExportError("--format executorch needs the executorch extra: pip install 'birdsound[executorch]'") from None
+        raise ExportError(f"--format executorch needs {FORMAT_NEEDS['executorch'][1]}") from None
     wrapped = ProbabilityModel(portable_copy(net, linear=True)).eval()
     example = (torch.zeros(2, window_samples),)
     dims = ({0: torch.export.Dim("batch", min=1, max=EXECUTORCH_MAX_BATCH)},)
@@ -224,7 +225,7 @@ def save_coreml(net: BirdNetLite, meta: dict, path: str, window_samples: int) ->
     try:
         ct = import_coremltools()
     except ImportError:
-        raise ExportError("--format coreml needs the coreml extra: pip install 'birdsound[coreml]'") from None
+        raise ExportError(f"--format coreml needs {FORMAT_NEEDS['coreml'][1]}") from None
 
     wrapped = ProbabilityModel(portable_copy(net)).eval()
     with _atomic_output(path, "Core ML conversion", ".mlpackage") as tmp:  # coremltools insists on the extension

@@ -46,8 +46,9 @@ class MelFrontEnd(nn.Module):
     """
 
     def __init__(self, sample_rate: int, n_mels: int = N_MELS, n_fft: int = N_FFT,
-                 hop: int = HOP_SAMPLES, fmin: float = FMIN_HZ, fmax: float = FMAX_HZ):
+                 hop: int = HOP_SAMPLES, fmin: float = FMIN_HZ, fmax: float = FMAX_HZ, scale: float = 1.0):
         super().__init__()
+        self.scale = float(scale)  # the normalised log-mel is multiplied by this (a pretrained net's input range)
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=sample_rate, n_fft=n_fft, hop_length=hop, f_min=fmin,
             f_max=min(fmax, sample_rate / 2), n_mels=n_mels, center=False, power=2.0,
@@ -67,7 +68,8 @@ class MelFrontEnd(nn.Module):
         """The settings that define this front end (stored in model metadata as ``frontend``)."""
         m = self.mel
         return {"n_fft": m.n_fft, "hop": m.hop_length, "n_mels": m.n_mels, "fmin_hz": float(m.f_min),
-                "fmax_hz": float(m.f_max), "log_eps": LOG_EPS, "normalization": "per-window median per mel bin"}
+                "fmax_hz": float(m.f_max), "log_eps": LOG_EPS, "normalization": "per-window median per mel bin",
+                "scale": self.scale}
 
     def make_portable(self, linear: bool = False) -> "MelFrontEnd":
         """Compute with real-valued operations only: the FFT as matrix products (:class:`MatmulMel`,
@@ -89,7 +91,10 @@ class MelFrontEnd(nn.Module):
             med = torch.topk(logmel, mid + 1, dim=-1, largest=False, sorted=False).values.amax(-1, keepdim=True)
         else:
             med = torch.median(logmel, dim=-1, keepdim=True).values
-        return (logmel - med).unsqueeze(1)
+        out = logmel - med
+        if self.scale != 1.0:
+            out = out * self.scale
+        return out.unsqueeze(1)
 
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:
         return self.normalize(self.power_mel(pcm))

@@ -88,16 +88,124 @@ class Backbone(nn.Module):
         return torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1)  # mean + max over time
 
 
+# EfficientAT's MobileNetV3 ("mn", width 0.4: AudioSet-pretrained weights in ../shared/pretrained):
+# (in, kernel, expanded, out, squeeze-excite, hard-swish, stride) of features.1 .. features.15
+MN04_BLOCKS = (
+    (8, 3, 8, 8, False, False, 1), (8, 3, 24, 16, False, False, 2), (16, 3, 32, 16, False, False, 1),
+    (16, 5, 32, 16, True, False, 2), (16, 5, 48, 16, True, False, 1), (16, 5, 48, 16, True, False, 1),
+    (16, 3, 96, 32, False, True, 2), (32, 3, 80, 32, False, True, 1), (32, 3, 72, 32, False, True, 1),
+    (32, 3, 72, 32, False, True, 1), (32, 3, 192, 48, True, True, 1), (48, 3, 272, 48, True, True, 1),
+    (48, 5, 272, 64, True, True, 2), (64, 5, 384, 64, True, True, 1), (64, 5, 384, 64, True, True, 1),
+)
+MN_BN_EPS = 0.001
+
+
+def _conv_bn_act(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: type | None = None) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+              nn.BatchNorm2d(cout, eps=MN_BN_EPS)]
+    if act is not None:
+        layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class ChannelSE(nn.Module):
+    """EfficientAT's squeeze-excite over channels (linear layers, ReLU, sigmoid gate)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        mid = max(8, (ch // 4 + 4) // 8 * 8)
+        self.fc1 = nn.Linear(ch, mid)
+        self.fc2 = nn.Linear(mid, ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean(dim=(2, 3))))))
+        return x * s[:, :, None, None]
+
+
+class _SEList(nn.Module):
+    """Holds the SE as ``conc_se_layers.0`` so EfficientAT's state dict loads by name."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conc_se_layers = nn.ModuleList([ChannelSE(ch)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conc_se_layers[0](x)
+
+
+class MNBlock(nn.Module):
+    def __init__(self, cin: int, k: int, exp: int, cout: int, se: bool, hs: bool, stride: int):
+        super().__init__()
+        act = nn.Hardswish if hs else nn.ReLU
+        layers: list[nn.Module] = []
+        if exp != cin:
+            layers.append(_conv_bn_act(cin, exp, 1, act=act))
+        layers.append(_conv_bn_act(exp, exp, k, stride, groups=exp, act=act))
+        if se:
+            layers.append(_SEList(exp))
+        layers.append(_conv_bn_act(exp, cout, 1))
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+class MNBackbone(nn.Module):
+    """EfficientAT's MobileNetV3 (width 0.4) up to block `depth`, then mean over frequency and
+    mean + max over time: normalised log-mel ``[B, 1, F, T]`` -> ``[B, 2 * channels]``."""
+
+    def __init__(self, depth: int = 12):
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn_act(1, 8, 3, 2, act=nn.Hardswish)]
+        for cfg in MN04_BLOCKS[:depth]:
+            layers.append(MNBlock(*cfg))
+        self.features = nn.Sequential(*layers)
+        self.out_channels = MN04_BLOCKS[depth - 1][3]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x).mean(dim=2)
+        return torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1)
+
+
+def load_pretrained(backbone: MNBackbone, path: str) -> int:
+    """Load EfficientAT weights (a plain state dict) into `backbone`'s blocks; returns tensors loaded."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = backbone.state_dict()
+    take = {k: v for k, v in state.items() if k in own}
+    bad = [k for k, v in take.items() if v.shape != own[k].shape]
+    if bad or not take:
+        raise ModelError(f"{path}: not EfficientAT mn04 weights ({bad[:2] or 'no matching tensors'})")
+    missing = [k for k in own if k not in take and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ModelError(f"{path}: lacks {missing[:2]}")
+    backbone.load_state_dict(take, strict=False)
+    return len(take)
+
+
+def make_backbone(config: dict | None) -> nn.Module:
+    """The backbone a model's metadata names (``backbone``: {"type": "mn", "depth": 12}); v1 models have none."""
+    config = config or {}
+    if config.get("type") == "mn":
+        return MNBackbone(int(config.get("depth", 12)))
+    return Backbone()
+
+
+def embed_dim(backbone: nn.Module) -> int:
+    return 2 * backbone.out_channels if isinstance(backbone, MNBackbone) else EMBED_DIM
+
+
 class BirdNetLite(nn.Module):
     """Raw PCM ``float32 [B, window_samples]`` -> per-species logits ``[B, n_labels]``."""
 
     def __init__(self, n_labels: int, sample_rate: int = SAMPLE_RATE_HZ, dropout: float = 0.2,
-                 frontend: dict | None = None):
+                 frontend: dict | None = None, backbone: dict | None = None):
         super().__init__()
         self.frontend = MelFrontEnd(sample_rate, **frontend_kwargs(frontend or {}))
-        self.backbone = Backbone()
+        self.backbone = make_backbone(backbone)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(EMBED_DIM, n_labels)
+        self.head = nn.Linear(embed_dim(self.backbone), n_labels)
 
     def forward_mel(self, power_mel: torch.Tensor) -> torch.Tensor:
         """Logits from precomputed mel power ``[B, F, T]`` (training path)."""
@@ -112,7 +220,7 @@ class BirdNetLite(nn.Module):
 
 def frontend_kwargs(config: dict) -> dict:
     """MelFrontEnd arguments from the ``frontend`` entry of a model's metadata (missing: defaults)."""
-    names = {"n_mels": "n_mels", "n_fft": "n_fft", "hop": "hop", "fmin_hz": "fmin", "fmax_hz": "fmax"}
+    names = {"n_mels": "n_mels", "n_fft": "n_fft", "hop": "hop", "fmin_hz": "fmin", "fmax_hz": "fmax", "scale": "scale"}
     return {arg: config[key] for key, arg in names.items() if key in config}
 
 
@@ -177,7 +285,8 @@ def load_checkpoint(path: str) -> tuple[BirdNetLite, Metadata]:
         raise ModelError(f"{path}: not a birdsound model file (no '{CHECKPOINT_FORMAT}' marker)")
     try:
         meta = Metadata.from_dict(json.loads(blob["metadata"]))
-        net = BirdNetLite(len(meta.labels), meta.sample_rate, frontend=meta.extra.get("frontend"))
+        net = BirdNetLite(len(meta.labels), meta.sample_rate, frontend=meta.extra.get("frontend"),
+                          backbone=meta.extra.get("backbone"))
         net.load_state_dict(blob["state_dict"])
     except Exception as e:
         raise ModelError(f"{path}: damaged birdsound model file ({first_line(e)})") from None

@@ -176,7 +176,7 @@ def _load_onnx(path: str, threads: int | None) -> Classifier:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ModelError(f"{path}: ONNX models need onnxruntime: pip install 'birdsound[onnx]'") from None
+        raise ModelError(f"{path}: ONNX models need onnxruntime: pip install onnxruntime") from None
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:

@@ -51,11 +51,20 @@ def fill_tail(rest: np.ndarray, window: int, join: int = JOIN_S_SAMPLES) -> np.n
 
 @dataclass
 class WindowBatch:
-    """Windows ``[B, window]`` float32, their start sample and valid length (samples)."""
+    """Windows ``[B, window]`` float32, their start sample and valid length (samples).
+
+    A tail window (fewer than ``window`` samples of its own) comes with `alt`, the same windows
+    in a second version; score both and keep the lower score (:meth:`combine`)."""
 
     windows: np.ndarray
     starts: np.ndarray  # int64 start sample of each window
     lengths: np.ndarray  # int64 number of real (not padded) samples in each window
+    alt: np.ndarray | None = None
+
+    def score(self, predict) -> np.ndarray:
+        """``predict(windows)`` for every window, the tail's two versions combined."""
+        p = predict(self.windows)
+        return p if self.alt is None else np.minimum(p, predict(self.alt))
 
 
 def hop_samples(window: int, overlap_s: float, sample_rate: int) -> int:
@@ -69,12 +78,13 @@ def hop_samples(window: int, overlap_s: float, sample_rate: int) -> int:
 class Windower:
     """Incremental windowing of a sample stream; :meth:`push` blocks, then :meth:`flush`.
 
-    Keeps at most one window plus one block of samples in memory. `resumed` says that the
-    stream continues one whose last window started one hop before this stream's sample 0
-    (a chunk of a longer file), so the padded-window rule treats its end as covered.
+    Keeps at most one window, one hop and one block of samples in memory. `resumed` says that
+    the stream continues one whose last window started one hop before this stream's sample 0
+    (a chunk of a longer file), so the tail-window rule treats its end as covered. `offset` is
+    added to every window start (a live stream restarted after a gap).
     """
 
-    def __init__(self, window: int, hop: int, batch: int = DEFAULT_BATCH, resumed: bool = False):
+    def __init__(self, window: int, hop: int, batch: int = DEFAULT_BATCH, resumed: bool = False, offset: int = 0):
         if not 0 < hop <= window:
             raise ValueError("hop must be in (0, window]")
         self.window, self.hop, self.batch = window, hop, batch
@@ -84,6 +94,7 @@ class Windower:
         self.total = 0  # samples pushed so far
         self.emitted = 0
         self.covered = window - hop if resumed else 0  # end of the last emitted window
+        self.offset = offset  # added to every start: the stream position of this windower's first sample
 
     def push(self, block: np.ndarray) -> Iterator[WindowBatch]:
         """Add samples; yield batches of every window now complete."""
@@ -101,7 +112,8 @@ class Windower:
             self.next_start += n * self.hop
             self.emitted += n
             self.covered = int(starts[-1]) + self.window
-            yield WindowBatch(np.array(view, dtype=np.float32), starts, np.full(n, self.window, dtype=np.int64))
+            yield WindowBatch(np.array(view, dtype=np.float32), starts + self.offset,
+                              np.full(n, self.window, dtype=np.int64))
         drop = self.next_start - self.hop - self.buf_start  # keep one hop more: the tail window may need it
         if drop > 0:
             self.buf = self.buf[drop:]
@@ -109,13 +121,15 @@ class Windower:
 
     def flush(self) -> Iterator[WindowBatch]:
         """Emit the last, partial window if samples remain uncovered: its start and length follow the
-        window rule, its samples are the last full window of the input (or the input looped)."""
+        window rule; its samples are the remainder looped, `alt` the input's last full window."""
         if self.total > self.covered and self.next_start < self.total:
             rest = self.buf[self.next_start - self.buf_start:]
+            looped = fill_tail(rest, self.window)[None]
             end_aligned = self.total - self.window - self.buf_start
-            w = (self.buf[end_aligned:][None].copy() if end_aligned >= 0 else fill_tail(rest, self.window)[None])
+            context = self.buf[end_aligned:][None].copy() if end_aligned >= 0 else None
             self.emitted += 1
-            yield WindowBatch(w, np.array([self.next_start], dtype=np.int64), np.array([len(rest)], dtype=np.int64))
+            yield WindowBatch(looped, np.array([self.next_start + self.offset], dtype=np.int64),
+                              np.array([len(rest)], dtype=np.int64), context)
             self.next_start += self.hop
         self.buf = np.zeros(0, dtype=np.float32)
 

@@ -34,7 +34,7 @@ from .augment import CANDIDATE_STEP_FRAMES, Sampler, SamplerConfig, crop, spec_a
 from .dataset import DatasetError, Recording, label_set, read_dataset, synth_noise
 from .features import LOG_EPS, MelFrontEnd
 from .metadata import SAMPLE_RATE_HZ, WINDOW_S, Metadata, ModelError
-from .model import EMBED_DIM, BirdNetLite, count_mflops, count_parameters, load_checkpoint, save_checkpoint
+from .model import BirdNetLite, count_mflops, count_parameters, load_checkpoint, save_checkpoint
 from .util import atomic_write
 
 ACTIVE_QUANTILE = 0.35  # windows below this activity quantile of their recording are not bird windows
@@ -57,6 +57,9 @@ class TrainConfig:
     emb_weight: float = 0.3  # embedding distillation
     eval_every: int = 500
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    backbone: dict | None = None  # None: the v1 CNN; {"type": "mn", "depth": 12}: EfficientAT's MobileNetV3
+    frontend: dict | None = None  # MelFrontEnd settings (None: defaults)
+    pretrained: str | None = None  # EfficientAT mn04 weights to start the "mn" backbone from
 
 
 @dataclass
@@ -141,7 +144,7 @@ def default_cache_dir() -> str:
 
 def load_training_data(data: str, sample_rate: int = SAMPLE_RATE_HZ, window_s: float = WINDOW_S,
                        teacher: str | None = None, negatives: list[str] = (), seed: int = 0,
-                       cache_dir: str | None = None) -> Prepared:
+                       cache_dir: str | None = None, frontend: dict | None = None) -> Prepared:
     """Read, decode and prepare DATA (and bird-free `negatives` folders/files) for training.
 
     Raises
@@ -154,7 +157,9 @@ def load_training_data(data: str, sample_rate: int = SAMPLE_RATE_HZ, window_s: f
     if len(labels) < 2:
         raise DatasetError(f"{data}: only one species ({labels[0]}); a classifier needs at least two "
                            "(add species folders, or a 'noise' folder and a second species)")
-    frontend = MelFrontEnd(sample_rate)
+    from .model import frontend_kwargs
+
+    frontend = MelFrontEnd(sample_rate, **frontend_kwargs(frontend or {}))
     wf = frontend.frames(int(round(window_s * sample_rate)))
     recs, errors = prepare(recs, frontend, wf)
     notes = [f"skipped: {e}" for e in errors]
@@ -218,11 +223,13 @@ def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str
     every ``cfg.eval_every`` steps and at the end, its results kept in the history."""
     torch.manual_seed(cfg.seed)
     sr = int(prep.frontend.mel.sample_rate)
-    net = BirdNetLite(len(prep.labels), sr)
-    net.frontend.load_state_dict(prep.frontend.state_dict())
+    net = BirdNetLite(len(prep.labels), sr, frontend=prep.frontend.config(), backbone=cfg.backbone)
+    if cfg.pretrained:
+        from .model import load_pretrained
+        load_pretrained(net.backbone, cfg.pretrained)
     sampler = Sampler(train_recs, prep.labels, prep.noise_powers, prep.window_frames, prep.frame_rate,
                       cfg.seed, cfg.sampler, prep.negative_recs)
-    proj = nn.Linear(EMBED_DIM, sampler.emb_dim) if sampler.teacher and cfg.emb_weight > 0 else None
+    proj = nn.Linear(net.head.in_features, sampler.emb_dim) if sampler.teacher and cfg.emb_weight > 0 else None
     rng = random.Random(cfg.seed + 1)
     params = list(net.parameters()) + (list(proj.parameters()) if proj is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -267,7 +274,8 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
     cfg = cfg or TrainConfig()
     t0 = time.time()
     torch.manual_seed(cfg.seed)
-    prep = load_training_data(data, teacher=cfg.teacher, negatives=negatives, seed=cfg.seed, cache_dir=cache_dir)
+    prep = load_training_data(data, teacher=cfg.teacher, negatives=negatives, seed=cfg.seed, cache_dir=cache_dir,
+                              frontend=cfg.frontend)
     for n in prep.notes:
         log(n)
     report: dict = {"data": data, "labels": prep.labels, "n_recordings": len(prep.recs), "config": asdict(cfg),
@@ -282,6 +290,10 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
         net, info = fit(prep, prep.recs, cfg, desc="final model")
         version = model_version or time.strftime("birdsound-%Y%m%d")
         extra = {"recording_score": score_method}
+        if cfg.backbone:
+            extra["backbone"] = cfg.backbone
+        if cfg.pretrained:
+            extra["pretrained"] = "EfficientAT mn04 (AudioSet; Schmid, Koutini, Widmer 2023; MIT)"
         if cfg.teacher:
             from .teacher import TEACHER_NAME
             extra["teacher"] = TEACHER_NAME
@@ -376,13 +388,14 @@ def train_head(data: str, base: str, out_dir: str, seed: int = 0, folds: int = 2
 
     t0 = time.time()
     base_net, base_meta = load_checkpoint(base)
-    prep = load_training_data(data, base_meta.sample_rate, base_meta.window_s, seed=seed)
-    prep.frontend = base_net.frontend
+    prep = load_training_data(data, base_meta.sample_rate, base_meta.window_s, seed=seed,
+                              frontend=base_net.frontend.config())
     for n in prep.notes:
         log(n)
     report: dict = {"data": data, "base": base, "labels": prep.labels, "n_recordings": len(prep.recs),
                     "head_only": True}
     res, held_logits, held_targets = [], [], []
+    backbone_cfg = base_meta.extra.get("backbone")
     for k, tr, va in crossval.fold_splits(prep.recs, max(2, folds), seed):
         X, Y = head_data(base_net, prep, tr, per_rec, seed)
         head = fit_head(X, Y, seed)
@@ -390,12 +403,12 @@ def train_head(data: str, base: str, out_dir: str, seed: int = 0, folds: int = 2
         with torch.no_grad():
             held_logits.append(head(Xv))
         held_targets.append(Yv)
-        res.append(crossval.validate(assemble(base_net, head, prep.labels), prep, va))
+        res.append(crossval.validate(assemble(base_net, head, prep.labels, backbone_cfg), prep, va))
     temperature = fit_temperature(torch.cat(held_logits), torch.cat(held_targets))
     report["cross_validation"] = {"folds": res, "mean": crossval.mean_metrics(res)}
     report["calibration_temperature"] = temperature
     X, Y = head_data(base_net, prep, prep.recs, per_rec, seed)
-    net = assemble(base_net, scaled(fit_head(X, Y, seed), temperature), prep.labels)
+    net = assemble(base_net, scaled(fit_head(X, Y, seed), temperature), prep.labels, backbone_cfg)
     meta = Metadata(prep.labels, base_meta.sample_rate, base_meta.window_s,
                     model_version or f"{base_meta.model_version}+head-{time.strftime('%Y%m%d')}", license,
                     {**base_meta.extra, "base_model": base_meta.model_version, "head_only": True,
@@ -409,9 +422,10 @@ def train_head(data: str, base: str, out_dir: str, seed: int = 0, folds: int = 2
     return report
 
 
-def assemble(base_net: BirdNetLite, head: nn.Linear, labels: list[str]) -> BirdNetLite:
-    """A model of `base_net`'s front end and backbone with `head`."""
-    net = BirdNetLite(len(labels), int(base_net.frontend.mel.sample_rate))
+def assemble(base_net: BirdNetLite, head: nn.Linear, labels: list[str], backbone: dict | None = None) -> BirdNetLite:
+    """A model of `base_net`'s front end and backbone (of config `backbone`) with `head`."""
+    net = BirdNetLite(len(labels), int(base_net.frontend.mel.sample_rate), frontend=base_net.frontend.config(),
+                      backbone=backbone)
     net.frontend.load_state_dict(base_net.frontend.state_dict())
     net.backbone.load_state_dict(base_net.backbone.state_dict())
     net.head.load_state_dict(head.state_dict())

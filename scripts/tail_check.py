@@ -2,8 +2,9 @@
 
 Over the focal recordings of a dataset (default: ``../shared/data/british_birdsong_xc``), compare the
 share of detections that are *not* the recording's focal species in full windows and in the tail
-window, for several ways of filling the tail: zeros (the old rule), the remainder looped (what
-``stream.Windower`` does now), or no tail at all. Prints JSON.
+window, scored as birdsound scores it now (``stream.Windower``: the lower score of the remainder
+looped and of the file's last full window) and as alternatives: zero padding (the old rule), the
+remainder looped alone, the last full window alone. Prints JSON.
 
     python scripts/tail_check.py [--model M] [--data DIR_OR_MANIFEST] [--min-conf 0.25]
 """
@@ -20,7 +21,7 @@ from birdsound import audio
 from birdsound.dataset import read_dataset
 from birdsound.detect import label_matcher
 from birdsound.runtime import load_model
-from birdsound.stream import fill_tail
+from birdsound.stream import fill_tail, windows_from_blocks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "british_birdsong_xc", "manifest.csv")
@@ -46,7 +47,7 @@ def main() -> None:
     model = load_model(a.model) if a.model else load_model(None)
     sr, win = model.meta.sample_rate, model.meta.window_samples
     match = label_matcher(model.labels)
-    kinds = ("full", "tail_zeros", "tail_looped", "tail_end_aligned", "tail_min_looped_end_aligned")
+    kinds = ("full", "tail_birdsound", "tail_zeros", "tail_looped", "tail_end_aligned")
     counts = {k: {"detections": 0, "not_focal": 0, "focal_found": 0, "windows": 0} for k in kinds}
     for path, sci in dataset(a.data):
         focal = match.get(sci.lower())
@@ -65,8 +66,9 @@ def main() -> None:
             if len(x) >= win:
                 groups["tail_end_aligned"] = x[-win:][None]
         probs = {k: model.predict(w) for k, w in groups.items() if len(w)}
-        if "tail_end_aligned" in probs:
-            probs["tail_min_looped_end_aligned"] = np.minimum(probs["tail_looped"], probs["tail_end_aligned"])
+        if len(rest):
+            tail = list(windows_from_blocks([x], win, win))[-1]
+            probs["tail_birdsound"] = tail.score(model.predict)[-1:]
         for k, p in probs.items():
             w = p
             hit = p >= a.min_conf

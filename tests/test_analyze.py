@@ -193,10 +193,14 @@ def test_bad_flag_values(tone_model, burst_wav, args, needle):
 
 def test_unknown_species_in_list(tone_model, burst_wav, tmp_path):
     inc = tmp_path / "inc.txt"
-    inc.write_text("Testus altus\nTurdus nonexistens\n")
-    r = analyze(burst_wav, "-m", tone_model, "--include", str(inc))
-    assert r.exit_code == 2
-    assert f"{inc} line 2: unknown species 'Turdus nonexistens'" in r.output
+    inc.write_text("Testus altus\nTurdus nonexistens\nTestus altuss\n# comment\nHigh tone\nlow  tone\n")
+    r = analyze(burst_wav, "-m", tone_model, "--include", str(inc), "-o", str(tmp_path / "o"))
+    assert r.exit_code == 2 and r.output.count("\n") == 1  # one line, every unknown name in it
+    assert f"{inc}: 3 unknown species" in r.output
+    assert "line 2 'Turdus nonexistens' (nothing close)" in r.output
+    assert "line 3 'Testus altuss' (did you mean 'Testus altus_High Tone'?)" in r.output
+    assert "line 6 'low  tone' (did you mean 'Testus bassus_Low Tone'?)" in r.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_model_that_is_not_a_birdsound_model(burst_wav, tmp_path):

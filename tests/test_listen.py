@@ -125,3 +125,102 @@ def test_device_disappearing_mid_stream_is_reported_and_detections_kept(tone_mod
     assert "Traceback" not in text
     rows = sqlite3.connect(db).execute("SELECT scientific_name FROM detections").fetchall()
     assert rows == [("Testus altus",)]
+
+
+def _start_listen(tone_model, mic, args, tmp_path):
+    """`birdsound listen` on the clocked fake mic; returns (process, stderr lines, ready event)."""
+    import subprocess
+    import sys
+    import threading
+
+    env = {**os.environ, **mic.env}
+    env.pop("ALSA_CONFIG_PATH", None)
+    p = subprocess.Popen([sys.executable, "-m", "birdsound", "listen", "-m", tone_model, *args], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err: list[str] = []
+    ready = threading.Event()
+
+    def read_err():
+        for line in p.stderr:
+            err.append(line)
+            if line.startswith("listening on"):
+                ready.set()
+    threading.Thread(target=read_err, daemon=True).start()
+    return p, err, ready
+
+
+@pytest.mark.parametrize("sig,duration", [("SIGTERM", "3600"), ("SIGINT", None)])
+def test_stop_signal_ends_within_a_second_with_or_without_duration(tone_model, tmp_path, sig, duration):
+    """Ctrl-C (SIGINT) or SIGTERM stops listening within a second, even with --duration; the log is
+    flushed and the summary printed (exit 0)."""
+    import signal
+    import time
+
+    import pulsemic
+
+    if not pulsemic.available():
+        pytest.skip("pulseaudio not installed (apt-get install pulseaudio pulseaudio-utils libasound2-plugins)")
+    wav = tmp_path / "tone.wav"
+    sf.write(str(wav), tone_signal(1.0, [(0.2, 0.7, 3000.0)]), SR, subtype="FLOAT")
+    db = tmp_path / "logs" / "new" / "det.sqlite"  # a folder that does not exist yet
+    args = ["--log", str(db), "--cooldown", "0"] + (["--duration", duration] if duration else [])
+    with pulsemic.PulseMic(SR) as mic:
+        p, err, ready = _start_listen(tone_model, mic, args, tmp_path)
+        assert ready.wait(60), "".join(err)
+        mic.play(str(wav))
+        line = p.stdout.readline()  # the detection (its window has ended)
+        t0 = time.monotonic()
+        p.send_signal(getattr(signal, sig))
+        rc = p.wait(10)
+        took = time.monotonic() - t0
+    text = "".join(err)
+    assert "Testus altus_High Tone" in line
+    assert rc == 0 and took < 1.5, (rc, took, text)
+    assert "listened" in text and "1 detections" in text and "Traceback" not in text
+    assert sqlite3.connect(db).execute("SELECT scientific_name FROM detections").fetchall() == [("Testus altus",)]
+
+
+def test_log_path_that_cannot_be_created_is_one_line(tone_model, tmp_path):
+    env = fake_mic(tmp_path, tone_signal(3.0, []))
+    (tmp_path / "file").write_text("x")
+    r = run_cli("listen", "-m", tone_model, "--duration", "1", "--log", str(tmp_path / "file" / "det.sqlite"), env=env)
+    assert r.returncode == 2 and "--log" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def test_timestamps_stay_true_across_dropped_audio(tone_model):
+    """Samples lost between blocks (scoring fell behind) are a gap: windows restart after it and the
+    offsets count the lost time, so a tone after the gap is reported at its true stream time."""
+    from birdsound.detect import DetectOptions
+    from birdsound.listen import Capture, LiveOptions, LiveSession
+    from birdsound.runtime import load_model
+
+    model = load_model(tone_model)
+    lines, warnings = [], []
+    s = LiveSession(model, DetectOptions(), LiveOptions(cooldown_s=0), SR, echo=lines.append, echo_err=warnings.append)
+    before = tone_signal(10.0, [(7.0, 7.5, 3000.0)], seed=1)
+    after = tone_signal(10.0, [(3.2, 3.6, 1000.0)], seed=2)  # stream time 15 + 3.2 = 18.2 s
+    for i in range(0, len(before), 3200):
+        s.feed(before[i:i + 3200])
+    s.feed(after[:3200], gap=5 * SR)  # 5 s lost
+    for i in range(3200, len(after), 3200):
+        s.feed(after[i:i + 3200])
+    summary = s.finish()
+    got = [(float(l.split()[1].rstrip("s")), l.split()[2]) for l in lines]
+    # the 9-10 s tail before the gap holds none of the 7.0-7.5 s tone itself: not reported again
+    assert got == [(6.0, "Testus"), (18.0, "Testus")], lines
+    assert "Low Tone" in lines[-1]
+    assert summary.gaps == 1 and summary.audio_s == pytest.approx(25.0)
+    assert len(warnings) == 1 and "5.00 s of audio dropped at 10.0 s" in warnings[0]
+
+    # the capture side: a block that does not fit is dropped, counted, and its length rides on the next block
+    class Status:
+        input_overflow = False
+
+    c = Capture(SR, None, capacity_s=0.25)
+    blk = np.zeros((3200, 1), np.float32)
+    for _ in range(4):  # 0.4 s into a 0.25 s queue: blocks 3 and 4 are dropped
+        c.callback(blk, 3200, None, Status())
+    assert c.dropped == 6400 and c.get(0)[0] == 0 and c.get(0)[0] == 0
+    c.callback(blk, 3200, None, Status())
+    assert c.get(0)[0] == 6400

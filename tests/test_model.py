@@ -370,16 +370,20 @@ def test_coreml_export_keeps_metadata_and_refuses_to_run_off_apple(small_model, 
     assert q.exit_code == 1 and "not supported" in q.output
 
 
-def test_missing_export_extra_is_one_clear_line(small_model, synth_dataset, tmp_path, monkeypatch):
-    import builtins
-    real_import = builtins.__import__
+def test_missing_export_extra_is_one_clear_line_before_any_work(small_model, synth_dataset, tmp_path, monkeypatch):
+    import importlib.util
+
+    from birdsound import export as ex
+    real_find_spec = importlib.util.find_spec
 
     def no_executorch(name, *args, **kwargs):
-        if name.startswith("executorch"):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
+        return None if name.startswith("executorch") else real_find_spec(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_executorch)
+    def no_work(*a, **k):
+        raise AssertionError("calibration audio was read before the extras were checked")
+
+    monkeypatch.setattr(importlib.util, "find_spec", no_executorch)
+    monkeypatch.setattr(ex, "calibration_windows", no_work)
     r = export_cli(small_model, tmp_path / "m.pte", "executorch", synth_dataset, 8)
     assert r.exit_code == 1 and "pip install 'birdsound[executorch]'" in r.output
     assert r.output.count("\n") == 1 and not (tmp_path / "m.pte").exists()

@@ -7,18 +7,17 @@ from birdsound.stream import Windower, band_limit, fill_tail, hop_samples, windo
 
 
 def reference(x: np.ndarray, window: int, hop: int):
-    """Window k covers [k*hop, k*hop+window); one more window covers any remainder, its samples
-    the input's last full window (or, for an input shorter than a window, the input looped)."""
+    """Window k covers [k*hop, k*hop+window); one more window covers any remainder: its samples
+    looped, and (alt) the input's last full window when there is one."""
     n, out, k = len(x), [], 0
     while True:
         s = k * hop
         if s + window <= n:
-            out.append((s, x[s:s + window], window))
+            out.append((s, x[s:s + window], window, None))
         else:
             prev_end = (k - 1) * hop + window if k else 0
             if n > prev_end and s < n:
-                w = x[n - window:] if n >= window else fill_tail(x, window)
-                out.append((s, w, n - s))
+                out.append((s, fill_tail(x[s:], window), n - s, x[n - window:] if n >= window else None))
             break
         k += 1
     return out
@@ -33,13 +32,17 @@ def blocks(x, size):
 @pytest.mark.parametrize("block", [1, 7, 100, 333, 5000])
 def test_windows_match_reference(n, window, hop, block):
     x = np.arange(n, dtype=np.float32) + 1
-    got = [(int(s), w, int(l)) for b in windows_from_blocks(blocks(x, block), window, hop, batch=5)
-           for s, w, l in zip(b.starts, b.windows, b.lengths)]
+    got = [(int(s), w, int(l), None if b.alt is None else b.alt[i])
+           for b in windows_from_blocks(blocks(x, block), window, hop, batch=5)
+           for i, (s, w, l) in enumerate(zip(b.starts, b.windows, b.lengths))]
     ref = reference(x, window, hop)
     assert [g[0] for g in got] == [r[0] for r in ref]
     assert [g[2] for g in got] == [r[2] for r in ref]
     for g, r in zip(got, ref):
         np.testing.assert_array_equal(g[1], r[1])
+        assert (g[3] is None) == (r[3] is None)
+        if r[3] is not None:
+            np.testing.assert_array_equal(g[3], r[3])
 
 
 def test_every_sample_covered_and_nothing_past_end():
@@ -73,12 +76,15 @@ def test_fill_tail_loops_without_clicks_and_keeps_silence():
     assert not fill_tail(np.zeros(0, np.float32), 96000).any()
 
 
-def test_tail_window_is_last_full_window_of_real_audio():
+def test_tail_window_is_its_own_samples_and_the_last_full_window():
     x = np.arange(1, 251, dtype=np.float32)
-    got = [b for b in windows_from_blocks([x], 100, 100)]
-    last = got[-1]
+    last = list(windows_from_blocks([x], 100, 100))[-1]
     assert int(last.starts[-1]) == 200 and int(last.lengths[-1]) == 50  # the rule: starts at 200, 50 real samples
-    np.testing.assert_array_equal(last.windows[-1], x[150:250])  # scored on samples 150-250, no padding
+    np.testing.assert_array_equal(last.alt[-1], x[150:250])  # real context, no padding
+    np.testing.assert_array_equal(last.windows[-1], fill_tail(x[200:], 100))  # its own samples, looped
+    # a species' score is the lower of the two versions
+    scores = last.score(lambda w: np.stack([w[:, 0], w[:, -1]], axis=1))
+    np.testing.assert_array_equal(scores, np.minimum([[201, fill_tail(x[200:], 100)[-1]]], [[151, 250]]))
 
 
 def test_hop_from_overlap():
