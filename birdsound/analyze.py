@@ -415,7 +415,10 @@ def _write_combined(jobs: list[FileJob], model: Classifier, out_dir: str | None,
         if res is None and j.error is None:  # skipped: its outputs exist
             try:
                 res = outputs.read_result(j.outputs, model.labels)
-            except (OSError, ValueError) as e:
+                res.path = res.path or j.path
+                if res.duration_s is None:
+                    res.duration_s = audio.decoded_duration(j.path)
+            except (OSError, ValueError, KeyError, audio.AudioError) as e:
                 say(f"warning: {j.path}: its existing outputs could not be read back for the combined file ({e})")
                 continue
         if res is None:

@@ -179,6 +179,13 @@ def read_blocks(
         raise AudioError(f"{path}: decoding failed ({_short(e)})") from None
 
 
+def decoded_duration(path: str) -> float:
+    """Seconds of audio that really decode (compressed formats' headers can promise more)."""
+    meta = info(path)
+    n = sum(len(b) for b in read_blocks(path, meta.sample_rate, None))
+    return n / meta.sample_rate
+
+
 def load(path: str, sample_rate: int, channel: int | None = None) -> np.ndarray:
     """Read a whole file as float32 mono at `sample_rate` (for short files and training)."""
     blocks = list(read_blocks(path, sample_rate, channel))

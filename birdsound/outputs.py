@@ -41,7 +41,7 @@ class FileResult:
     """Detections of one audio file, with what the outputs need to describe it."""
 
     path: str
-    duration_s: float
+    duration_s: float | None  # what decoded (None: not known yet)
     detections: list[Detection]
     low_freq_hz: float = 0.0
     high_freq_hz: float = DEFAULT_FMAX_HZ  # the model's band (its metadata); set by the drivers
@@ -158,8 +158,8 @@ def read_audacity(path: str) -> list[tuple[float, float, str]]:
 def read_result(paths: dict[str, str], labels: list[str]) -> FileResult:
     """A file's result read back from its own outputs (`paths`: result type -> file), for a combined
     table of a resumed run: the JSON if there is one, else the CSV, Raven table or Audacity track
-    (their species are matched to `labels`). The duration comes from the JSON, else from decoding
-    the audio named in the rows (else the last detection's end)."""
+    (their species are matched to `labels`). The duration comes from the JSON; else it is None
+    (the caller decodes the audio to know it)."""
     by_common = {lab.split("_", 1)[-1].lower(): lab for lab in labels}
     if "json" in paths:
         with open(paths["json"], encoding="utf-8") as f:
@@ -183,18 +183,7 @@ def read_result(paths: dict[str, str], labels: list[str]) -> FileResult:
         for s, e, text in read_audacity(paths["audacity"]):
             common, _, conf = text.rpartition(" (")
             dets.append(Detection(s, e, by_common.get(common.lower(), common), float(conf.rstrip(")"))))
-    return FileResult(audio_path or "", _decoded_duration(audio_path) or max((d.end_s for d in dets), default=0.0),
-                      dets)
-
-
-def _decoded_duration(path: str | None) -> float | None:
-    if not path or not os.path.exists(path):
-        return None
-    import soundfile as sf
-
-    with sf.SoundFile(path) as f:
-        n = sum(len(b) for b in f.blocks(blocksize=1 << 16, dtype="float32"))
-        return n / f.samplerate
+    return FileResult(audio_path or "", None, dets)
 
 
 def plot(x, sample_rate: int, detections: list[Detection], out_png: str, title: str = "",

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import audio
+from .util import atomic_path
 
 TEACHER_RATE_HZ = 48000
 TEACHER_WINDOW_S = 3.0
@@ -193,10 +194,8 @@ def load_cached(file: str) -> TeacherOutput:
 
 def save_cached(file: str, out: TeacherOutput) -> None:
     """Write one recording's outputs atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
-    tmp = f"{file}.part{os.getpid()}.npz"
-    np.savez(tmp, starts_s=out.starts_s.astype(np.float32), logits=out.logits, embeddings=out.embeddings)
-    os.replace(tmp, file)
+    with atomic_path(file, ".npz") as tmp:
+        np.savez(tmp, starts_s=out.starts_s.astype(np.float32), logits=out.logits, embeddings=out.embeddings)
 
 
 def teacher_outputs(paths: list[str], cache_dir: str, hop_s: float = TEACHER_HOP_S, threads: int = 2,

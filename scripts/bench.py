@@ -67,14 +67,15 @@ def make_long(path: str, hours: float, rate: int, fmt: str, subtype: str | None 
     total = int(hours * 3600 * rate)
     if fmt == "WAV" and total * 2 >= 2 ** 32:  # a RIFF WAV stops at 4 GB (18.6 h at 32 kHz, 16 bit): RF64, as recorders do
         fmt = "RF64"
-    tmp = path + ".part"
-    with sf.SoundFile(tmp, "w", rate, 1, format=fmt, subtype=subtype) as f:
+    from birdsound.util import atomic_path
+
+    with atomic_path(path, os.path.splitext(path)[1]) as tmp, \
+            sf.SoundFile(tmp, "w", rate, 1, format=fmt, subtype=subtype) as f:
         done = 0
         while done < total:
             n = min(len(src), total - done)
             f.write(src[:n])
             done += n
-    os.replace(tmp, path)
     return path
 
 

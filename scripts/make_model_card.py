@@ -12,6 +12,7 @@ from birdsound.dataset import read_dataset
 from birdsound.model import load_checkpoint
 from birdsound.modelcard import model_card
 from birdsound.runtime import DEFAULT_MODEL_PATH
+from birdsound.util import atomic_write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,10 +29,7 @@ def main() -> None:
     report = json.load(open(a.cv)) if os.path.exists(a.cv) else {}
     body = model_card(meta, net, recs, report).split("\n", 1)[1]  # the header has the title
     header = open(os.path.join(ROOT, "models", "CARD_HEADER.md"), encoding="utf-8").read().rstrip("\n")
-    tmp = a.out + ".part"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(header + "\n\n## Generated from the model file and the training manifest\n" + body)
-    os.replace(tmp, a.out)
+    atomic_write(a.out, header + "\n\n## Generated from the model file and the training manifest\n" + body)
     print(f"wrote {a.out}")
 
 

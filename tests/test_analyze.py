@@ -48,6 +48,7 @@ def test_tone_with_overlap_every_covering_window_and_merge(tone_model, burst_wav
     high = [float(x["Start (s)"]) for x in read_csv(out / "burst.birdsound.results.csv") if x["Common name"] == "High Tone"]
     assert high == [5.0, 6.0, 7.0]  # exactly the windows that overlap 7.0-7.5 s
     r = analyze(burst_wav, "-m", tone_model, "-o", str(out), "--rtype", "csv", "--overlap", "2", "--merge-consecutive")
+    assert r.exit_code == 0, r.output
     ev = [(float(x["Start (s)"]), float(x["End (s)"])) for x in read_csv(out / "burst.birdsound.results.csv")
           if x["Common name"] == "High Tone"]
     assert ev == [(5.0, 10.0)]
@@ -215,12 +216,107 @@ def test_model_that_is_not_a_birdsound_model(burst_wav, tmp_path):
     assert r.exit_code == 2 and "not a birdsound model" in r.output
 
 
-def test_outputs_written_atomically(tmp_path):
-    from birdsound.outputs import atomic_write
-    p = tmp_path / "x.txt"
+SLOW_WRITER = r"""
+import sys, time
+from birdsound.util import atomic_path
+path = sys.argv[1]
+with atomic_path(path) as tmp:
+    with open(tmp, "w") as f:
+        for i in range(100000):
+            f.write("new row %d\n" % i)
+            f.flush()
+            if i == 10:
+                print("writing", flush=True)
+            time.sleep(0.001)
+"""
+
+
+def test_outputs_written_atomically_even_when_killed(tmp_path):
+    """A writer killed mid-write leaves the previous file whole (a plain write would have truncated it)."""
+    import signal
+    import subprocess
+    import sys
+
+    from birdsound.util import atomic_write
+    p = tmp_path / "x.birdsound.results.csv"
     atomic_write(str(p), "one\n")
     atomic_write(str(p), "two\n")
-    assert p.read_text() == "two\n" and os.listdir(tmp_path) == ["x.txt"]
+    assert p.read_text() == "two\n" and os.listdir(tmp_path) == [p.name]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(p)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"  # the new content is half written ...
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert p.read_text() == "two\n"  # ... and the old file is untouched
+    leftovers = [f for f in os.listdir(tmp_path) if f != p.name]
+    assert all(f.startswith(".") and ".part" in f for f in leftovers)  # only a hidden temporary could remain
+
+
+def test_every_input_gets_its_own_outputs(tone_model, write_wav, tmp_path):
+    write_wav("in/x.wav", tone_signal(6, [(1, 1.5, 3000.0)]))
+    write_wav("in/x.flac", tone_signal(6, [(4, 4.5, 1000.0)]), format="FLAC")
+    write_wav("in/y.wav", tone_signal(6, [(1, 1.5, 1000.0)]))
+    out = tmp_path / "out"
+    r = analyze(str(tmp_path / "in"), "-m", tone_model, "-o", str(out), "--rtype", "csv")
+    assert r.exit_code == 0, r.output
+    assert sorted(os.listdir(out)) == ["x.flac.birdsound.results.csv", "x.wav.birdsound.results.csv",
+                                       "y.birdsound.results.csv"]
+    assert [x["Common name"] for x in read_csv(out / "x.wav.birdsound.results.csv")] == ["High Tone"]
+    assert [x["Common name"] for x in read_csv(out / "x.flac.birdsound.results.csv")] == ["Low Tone"]
+    assert "3 files analysed" in r.output and "3 detections" in r.output
+
+
+def test_two_folders_with_one_name_are_refused_up_front(tone_model, write_wav, tmp_path):
+    a = write_wav("a/x.wav", tone_signal(6, [(1, 1.5, 3000.0)]))
+    b = write_wav("b/x.wav", tone_signal(6, [(4, 4.5, 1000.0)]))
+    out = tmp_path / "out"
+    r = analyze(str(tmp_path / "a"), str(tmp_path / "b"), "-m", tone_model, "-o", str(out), "--rtype", "csv")
+    assert r.exit_code == 2 and a in r.output and b in r.output and "separate -o" in r.output
+    assert not out.exists()  # refused before any work
+
+
+def test_skip_existing_with_combine_reuses_done_files(tone_model, write_wav, tmp_path):
+    write_wav("in/a.wav", tone_signal(6, [(1, 1.5, 3000.0)]))
+    write_wav("in/b.wav", tone_signal(7, [(4, 4.5, 1000.0)]))
+    out = tmp_path / "out"
+    r = analyze(str(tmp_path / "in"), "-m", tone_model, "-o", str(out), "--combine", "--rtype", "table")
+    assert r.exit_code == 0 and "2 files analysed" in r.output, r.output
+    write_wav("in/c.wav", tone_signal(5, [(0.5, 1.0, 3000.0)]))
+    r = analyze(str(tmp_path / "in"), "-m", tone_model, "-o", str(out), "--combine", "--rtype", "table",
+                "--skip-existing")
+    assert r.exit_code == 0 and "1 files analysed (2 skipped)" in r.output, r.output
+    combined = read_raven(str(out / "birdsound.combined.selection.table.txt"))
+    fresh = tmp_path / "fresh"
+    r = analyze(str(tmp_path / "in"), "-m", tone_model, "-o", str(fresh), "--combine", "--rtype", "table")
+    assert r.exit_code == 0
+    assert combined == read_raven(str(fresh / "birdsound.combined.selection.table.txt"))
+    # a, b, c in input order, each file offset by the durations before it (6 s, then 7 s)
+    assert [(x["Common Name"], float(x["Begin Time (s)"])) for x in combined] == [
+        ("High Tone", 0.0), ("Low Tone", 9.0), ("High Tone", 13.0)]
+
+
+def test_truncated_wav_analysed_as_far_as_it_goes(tone_model, write_wav, tmp_path):
+    p = write_wav("cut.wav", tone_signal(20, [(2.0, 2.5, 3000.0), (15.0, 15.5, 1000.0)]), subtype="PCM_16")
+    data = open(p, "rb").read()
+    open(p, "wb").write(data[: 44 + 2 * SR * 8])  # a power cut after 8 s: the header still says 20 s
+    r = analyze(p, "-m", tone_model, "-o", str(tmp_path / "o"), "--rtype", "json")
+    assert r.exit_code == 0, r.output
+    warn = [line for line in r.output.splitlines() if line.startswith("warning:")]
+    assert len(warn) == 1 and p in warn[0] and "20.000 s" in warn[0] and "8.000 s" in warn[0]
+    doc = json.load(open(tmp_path / "o" / "cut.birdsound.results.json"))
+    assert doc["duration_s"] == pytest.approx(8.0)
+    assert [(d["start_s"], d["end_s"], d["common_name"]) for d in doc["detections"]] == [(0.0, 3.0, "High Tone")]
+
+
+def test_mp3_duration_is_what_decodes_not_the_header(tone_model, tmp_path):
+    from conftest import shared_data_or_skip
+    p = os.path.join(shared_data_or_skip("anki_central_european_xc/audio"), "Aegithalos_caudatus_song_1.mp3")
+    assert sf.info(p).duration == pytest.approx(14.6129, abs=1e-3)  # what the header says
+    r = analyze(p, "-m", tone_model, "-o", str(tmp_path / "o"), "--rtype", "json", "--rtype", "csv")
+    assert r.exit_code == 0, r.output
+    doc = json.load(open(tmp_path / "o" / "Aegithalos_caudatus_song_1.birdsound.results.json"))
+    assert doc["duration_s"] == pytest.approx(14.3151, abs=1e-3)  # what decodes
+    ends = [d["end_s"] for d in doc["detections"]]
+    assert not ends or max(ends) <= 14.3151 + 1e-3
 
 
 def test_plot_png(tone_model, burst_wav, tmp_path):
