@@ -38,6 +38,12 @@ class SamplerConfig:
     snr_db: tuple[float, float] = (-3.0, 25.0)
     hard_weight: float = 0.5  # target = hard_weight * weak label + (1 - hard_weight) * teacher
     real_negative_share: float = 0.5  # of negatives: teacher-empty real windows (when a teacher is used)
+    stretch_p: float = 0.0  # chance of a time stretch by up to +-stretch (tempo of song differs between birds)
+    stretch: float = 0.15
+    shift_p: float = 0.0  # chance of shifting the mel bins by up to +-shift_bins (pitch differs a little)
+    shift_bins: int = 2
+    eq_p: float = 0.0  # chance of a smooth random equaliser of up to +-eq_db (microphones and distance)
+    eq_db: float = 6.0
 
 
 @dataclass
@@ -151,8 +157,29 @@ class Sampler:
         return w * hard + (1 - w) * soft, t.logits[row], t.emb[row].astype(np.float32)
 
     def _at(self, r: Recording, start: int) -> torch.Tensor:
+        cfg = self.cfg
+        if cfg.stretch_p and self.rng.random() < cfg.stretch_p:  # crop more or fewer frames, resample to wf
+            n = int(round(self.wf * (1 + self.rng.uniform(-cfg.stretch, cfg.stretch))))
+            start = int(np.clip(start - (n - self.wf) // 2, 0, max(0, r.power.shape[1] - n)))
+            c = crop(r.power, start, n)
+            return nn.functional.interpolate(c[None], size=self.wf, mode="linear", align_corners=False)[0]
         start = int(np.clip(start, 0, max(0, r.power.shape[1] - self.wf)))
         return crop(r.power, start, self.wf)
+
+    def _colour(self, x: torch.Tensor) -> torch.Tensor:
+        """Pitch shift by whole mel bins and a smooth random equaliser, in the power domain."""
+        cfg = self.cfg
+        if cfg.shift_p and self.rng.random() < cfg.shift_p:
+            k = self.rng.randint(-cfg.shift_bins, cfg.shift_bins)
+            if k > 0:
+                x = torch.cat([x[:1].expand(k, -1), x[:-k]])
+            elif k < 0:
+                x = torch.cat([x[-k:], x[-1:].expand(-k, -1)])
+        if cfg.eq_p and self.rng.random() < cfg.eq_p:
+            knots = torch.tensor([self.rng.uniform(-cfg.eq_db, cfg.eq_db) for _ in range(5)])
+            curve = nn.functional.interpolate(knots[None, None], size=x.shape[0], mode="linear", align_corners=True)[0, 0]
+            x = x * (10 ** (curve / 10))[:, None]
+        return x
 
     def species_window(self, c: int | None = None) -> tuple[_Item, int]:
         c = self.rng.choice(self.species) if c is None else c
@@ -213,7 +240,7 @@ class Sampler:
                     snr_db = self.rng.uniform(*cfg.snr_db)
                     gain = float(it.x.mean() / (n.x.mean() + 1e-10)) * 10 ** (-snr_db / 10)
                     it = self._mix(it, n, gain)
-            it.x = it.x * 10 ** (self.rng.uniform(-30, 10) / 10)
+            it.x = self._colour(it.x) * 10 ** (self.rng.uniform(-30, 10) / 10)
             if self.rng.random() < 0.2:  # band-limit: a low or high cut
                 k = self.rng.randint(4, 20)
                 if self.rng.random() < 0.5:

