@@ -1,5 +1,6 @@
 """Cross-validation by recording: folds, held-out metrics, false detections on bird-free audio,
-and the choice of how window scores become one score per recording.
+and the choice of how window scores become one score per recording. The loop that trains each
+fold is :func:`birdsound.train.cross_validate`.
 
 A recording is never split: all its windows are in one fold. Every species' recordings are dealt
 round-robin over the folds (same folds for the same seed, whatever the model).
@@ -7,9 +8,7 @@ round-robin over the folds (same folds for the same seed, whatever the model).
 
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -126,34 +125,3 @@ def choose_method(folds: list[dict]) -> str:
     """The recording aggregation with the best mean top-1 (then top-5) over folds."""
     return max(RECORDING_SCORES, key=lambda m: (np.mean([f[f"recording_top1_{m}"] for f in folds]),
                                                 np.mean([f[f"recording_top5_{m}"] for f in folds])))
-
-
-def cross_validate(prep, cfg, folds: int, val_negatives: list[str] = (), log=print) -> dict:
-    """K-fold cross-validation by recording of the recipe `cfg`; returns the report with the final
-    step's metrics per fold, their mean, and the chosen recording aggregation."""
-    from . import audio
-    from .train import attach_teacher, fit, prepare
-
-    neg = []
-    if val_negatives:
-        neg, errors = prepare([Recording(p, []) for p, _ in audio.find_audio_files(list(val_negatives))],
-                              prep.frontend, prep.window_frames, desc="bird-free validation audio")
-        if cfg.teacher:
-            attach_teacher(neg, prep.labels, prep.frame_rate, prep.cache_dir)
-    results = []
-    for k, tr, va in fold_splits(prep.recs, folds, cfg.seed):
-        def evaluate(net, step, va=va):
-            m = validate(net, prep, va, neg)
-            m["step"] = step
-            return with_method(m, "top25")
-
-        _, info = fit(prep, tr, replace(cfg, seed=cfg.seed + k), desc=f"fold {k + 1}/{folds}", evaluate=evaluate)
-        results.append(info["final"])
-        results[-1]["history"] = [{key: h[key] for key in METRIC_KEYS + ("step",) if key in h} for h in info["history"]]
-        fd = {src: round(v["per_hour"], 1) for src, v in info["final"]["false_detections"].items()}
-        log(f"fold {k + 1}/{folds}: " + json.dumps({key: round(float(info["final"][key]), 4) for key in METRIC_KEYS})
-            + f" false detections per hour by source {fd}")
-    method = choose_method(results)
-    results = [with_method(f, method) for f in results]
-    return {"folds": results, "mean": mean_metrics([{k: v for k, v in f.items() if k != "history"} for f in results]),
-            "recording_score": method, "k": folds}

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from . import audio
+from . import audio, crossval
 from .augment import CANDIDATE_STEP_FRAMES, Sampler, SamplerConfig, crop, spec_augment
 from .dataset import DatasetError, Recording, label_set, read_dataset, synth_noise
 from .features import LOG_EPS, MelFrontEnd
@@ -293,7 +293,6 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
           license: str = "same terms as the training recordings", cache_dir: str | None = None,
           log=tqdm.write) -> dict:
     """Train (optionally cross-validate first) and save ``model.pt``, ``metrics.json``, ``MODEL_CARD.md``."""
-    from . import crossval
     from .modelcard import model_card
 
     cfg = cfg or TrainConfig()
@@ -307,7 +306,7 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
                     "negatives": list(negatives), "audio_s": float(sum(r.power.shape[1] for r in prep.recs) / prep.frame_rate)}
     score_method = "top25"
     if folds >= 2:
-        cv = crossval.cross_validate(prep, cfg, folds, val_negatives, log=log)
+        cv = cross_validate(prep, cfg, folds, val_negatives, log=log)
         report["cross_validation"] = cv
         score_method = cv["recording_score"]
     os.makedirs(out_dir, exist_ok=True)
@@ -329,6 +328,35 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
     report["wall_s"] = time.time() - t0
     atomic_write(os.path.join(out_dir, "metrics.json"), json.dumps(report, indent=1, default=float) + "\n")
     return report
+
+
+def cross_validate(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: list[str] = (), log=print) -> dict:
+    """K-fold cross-validation by recording of the recipe `cfg`; returns the report with the final
+    step's metrics per fold, their mean, and the chosen recording aggregation."""
+    neg = []
+    if val_negatives:
+        neg, errors = prepare([Recording(p, []) for p, _ in audio.find_audio_files(list(val_negatives))],
+                              prep.frontend, prep.window_frames, desc="bird-free validation audio")
+        if cfg.teacher:
+            attach_teacher(neg, prep.labels, prep.frame_rate, prep.cache_dir)
+    results = []
+    for k, tr, va in crossval.fold_splits(prep.recs, folds, cfg.seed):
+        def evaluate(net, step, va=va):
+            m = crossval.validate(net, prep, va, neg)
+            m["step"] = step
+            return crossval.with_method(m, "top25")
+
+        _, info = fit(prep, tr, replace(cfg, seed=cfg.seed + k), desc=f"fold {k + 1}/{folds}", evaluate=evaluate)
+        results.append(info["final"])
+        keys = crossval.METRIC_KEYS + ("step",)
+        results[-1]["history"] = [{key: h[key] for key in keys if key in h} for h in info["history"]]
+        fd = {src: round(v["per_hour"], 1) for src, v in info["final"]["false_detections"].items()}
+        log(f"fold {k + 1}/{folds}: " + json.dumps({key: round(float(info["final"][key]), 4) for key in METRIC_KEYS})
+            + f" false detections per hour by source {fd}")
+    method = crossval.choose_method(results)
+    results = [crossval.with_method(f, method) for f in results]
+    return {"folds": results, "mean": crossval.mean_metrics([{k: v for k, v in f.items() if k != "history"} for f in results]),
+            "recording_score": method, "k": folds}
 
 
 # ------------------------------------------------------------------ head-only transfer
@@ -408,7 +436,6 @@ def train_head(data: str, base: str, out_dir: str, seed: int = 0, folds: int = 2
     calibrated: a temperature is fitted on the held-out predictions of `folds`-fold cross-validation
     by recording (at least 2) and folded into the layer.
     """
-    from . import crossval
     from .modelcard import model_card
 
     t0 = time.time()
