@@ -79,7 +79,7 @@ def validate(net, prep, recs: list[Recording], negatives: list[Recording] = ()) 
     index = {lab: i for i, lab in enumerate(labels)}
     wf, fps = prep.window_frames, prep.frame_rate
     hop = int(round(EVAL_HOP_S * fps))
-    window_s = wf / fps
+    window_s = prep.window_s  # default settings: windows of the model's length, no overlap
     T, S, true, per_rec = [], [], [], []
     for r in recs:
         probs = window_probs(net, r.power, full_window_starts(r.power, wf, hop), wf)

@@ -26,7 +26,6 @@ import asyncio
 import base64
 import datetime as dt
 import hmac
-import io
 import json
 import os
 import re
@@ -34,9 +33,8 @@ import shutil
 import sqlite3
 import tempfile
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.resources import files
 
 import numpy as np
@@ -44,7 +42,7 @@ from fastapi import Request  # the serve extra; FastAPI resolves handler annotat
 
 from . import audio, outputs
 from .analyze import AnalyzeOptions, analyze_chunk, file_result, plan_chunks
-from .detect import DEFAULT_MIN_CONF, DetectOptions, SpeciesListError, label_matcher, closest_label
+from .detect import DEFAULT_MIN_CONF, DetectOptions, closest_label, label_matcher
 from .runtime import Classifier
 from .stream import hop_samples
 

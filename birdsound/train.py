@@ -21,7 +21,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -99,6 +99,7 @@ class Prepared:
     window_frames: int
     notes: list[str] = field(default_factory=list)
     cache_dir: str | None = None  # the teacher's cache
+    window_s: float = WINDOW_S  # the model's window (window_frames cover slightly less: whole FFT frames)
 
     @property
     def frame_rate(self) -> float:
@@ -193,7 +194,7 @@ def load_training_data(data: str, sample_rate: int = SAMPLE_RATE_HZ, window_s: f
     neg_files = list(noise_files) + [p for p, _ in audio.find_audio_files(list(negatives))]
     neg_recs, errors = prepare([Recording(p, []) for p in neg_files], frontend, wf, desc="bird-free audio")
     notes += [f"skipped: {e}" for e in errors]
-    prep = Prepared(recs, labels, [], neg_recs, frontend, wf, notes, cache_dir or default_cache_dir())
+    prep = Prepared(recs, labels, [], neg_recs, frontend, wf, notes, cache_dir or default_cache_dir(), window_s)
     if teacher == "birdnet":
         prep.notes += attach_teacher(recs + neg_recs, labels, prep.frame_rate, prep.cache_dir)
     elif teacher:
@@ -351,7 +352,7 @@ def cross_validate(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: 
         keys = crossval.METRIC_KEYS + ("step",)
         results[-1]["history"] = [{key: h[key] for key in keys if key in h} for h in info["history"]]
         fd = {src: round(v["per_hour"], 1) for src, v in info["final"]["false_detections"].items()}
-        log(f"fold {k + 1}/{folds}: " + json.dumps({key: round(float(info["final"][key]), 4) for key in METRIC_KEYS})
+        log(f"fold {k + 1}/{folds}: " + json.dumps({key: round(float(info["final"][key]), 4) for key in crossval.METRIC_KEYS})
             + f" false detections per hour by source {fd}")
     method = crossval.choose_method(results)
     results = [crossval.with_method(f, method) for f in results]

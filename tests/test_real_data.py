@@ -14,23 +14,43 @@ from birdsound.runtime import DEFAULT_MODEL_PATH, load_model
 from conftest import shared_data_or_skip
 
 
-def test_default_model_on_real_recording(tmp_path):
+def test_default_model_names_the_focal_species_of_real_recordings(tmp_path):
+    """Through `birdsound analyze` with the shipped model (its ONNX export): on one recording of each of
+    the 20 vogelstimmen_xc species, the species with the most confident detection is the focal one for
+    nearly all (these recordings are in the training set: this checks the shipped pipeline end to end,
+    not generalisation, which the model card reports from cross-validation)."""
     data = shared_data_or_skip("vogelstimmen_xc")
     rows = list(csv.DictReader(open(os.path.join(data, "manifest.csv"))))
-    rec = next(r for r in rows if r["species_scientific"] == "Turdus merula") if any(
-        r["species_scientific"] == "Turdus merula" for r in rows) else rows[0]
-    path = os.path.join(data, rec["path"])
-    r = CliRunner().invoke(main, ["analyze", "-q", path, "-o", str(tmp_path), "--rtype", "csv", "--min-conf", "0.1"])
+    first = {}
+    for r in rows:
+        first.setdefault(r["species_scientific"], r)
+    paths = {os.path.join(data, r["path"]): r for r in first.values()}
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in paths:
+        os.symlink(p, src / os.path.basename(p))
+    r = CliRunner().invoke(main, ["analyze", "-q", str(src), "-o", str(tmp_path / "out"), "--rtype", "csv"])
     assert r.exit_code == 0, r.output
-    out = tmp_path / (os.path.splitext(os.path.basename(path))[0] + ".birdsound.results.csv")
-    dets = list(csv.DictReader(open(out)))
-    model = load_model()
-    labels = {l.split("_")[0] for l in model.labels}
-    assert dets, "no detection at all on a focal recording"
-    dur = float(rec["duration_s"])
-    for d in dets:
-        assert d["Scientific name"] in labels
-        assert 0 <= float(d["Start (s)"]) < float(d["End (s)"]) <= dur + 0.05
+    right = 0
+    for p, rec in paths.items():
+        out = tmp_path / "out" / (os.path.splitext(os.path.basename(p))[0] + ".birdsound.results.csv")
+        dets = list(csv.DictReader(open(out)))
+        for d in dets:
+            assert 0 <= float(d["Start (s)"]) < float(d["End (s)"]) <= float(rec["duration_s"]) + 0.05
+        best = max(dets, key=lambda d: float(d["Confidence"]))["Scientific name"] if dets else None
+        right += best == rec["species_scientific"]
+    assert len(paths) == 20 and right >= 18, right
+
+
+def test_default_model_silent_on_a_soundscape_without_our_species(tmp_path):
+    """XC563936 (Seattle, North American birds; kept out of training): no detection at the default
+    settings. A detector that invents birds is unusable."""
+    data = shared_data_or_skip("birdnet_example_soundscapes")
+    path = os.path.join(data, "audio", "XC563936 - Soundscape.mp3")
+    r = CliRunner().invoke(main, ["analyze", "-q", path, "-o", str(tmp_path), "--rtype", "csv"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(tmp_path / "XC563936 - Soundscape.birdsound.results.csv")))
+    assert rows == [], [(x["Start (s)"], x["Common name"], x["Confidence"]) for x in rows]
 
 
 def test_default_model_quiet_on_noise_and_silence():

@@ -1,6 +1,5 @@
 """`birdsound serve`: the HTTP API against a real uvicorn server, and the dashboard in a real browser."""
 
-import json
 import os
 import socket
 import subprocess

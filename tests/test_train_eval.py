@@ -211,6 +211,7 @@ def test_sensitivity_raises_and_lowers_weak_detections(tone_model, write_wav, tm
     assert high == pytest.approx(1 / (1 + np.exp(-0.5 * logit)), abs=2e-3)
     assert low == pytest.approx(1 / (1 + np.exp(-1.5 * logit)), abs=2e-3)
     r = cli("analyze", "-q", p, "-m", tone_model, "-o", str(tmp_path / "d"), "--rtype", "csv", "--sensitivity", "1.5")
+    assert r.exit_code == 0, r.output
     assert [row["Common name"] for row in csv.DictReader(open(tmp_path / "d" / "weak.birdsound.results.csv"))] == [
         "High Tone"]
 
