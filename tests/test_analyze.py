@@ -184,6 +184,7 @@ def test_bad_files_reported_batch_continues(tone_model, write_wav, tmp_path):
     (["--min-conf", "2"], "--min-conf"),
     (["--sensitivity", "3"], "--sensitivity"),
     (["--fmin", "5000", "--fmax", "1000"], "--fmin"),
+    (["--fmin", "16000"], "highest frequency the model hears"),
     (["--rtype", "xls"], "--rtype"),
 ])
 def test_bad_flag_values(tone_model, burst_wav, args, needle):
