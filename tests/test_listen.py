@@ -87,9 +87,6 @@ def test_no_device(tone_model, tmp_path):
 
 def test_device_disappearing_mid_stream_is_reported_and_detections_kept(tone_model, tmp_path):
     """Clocked fake mic (PulseAudio null sink): a tone is heard, then the sound server dies."""
-    import subprocess
-    import sys
-    import threading
     import time
 
     import pulsemic
@@ -100,19 +97,7 @@ def test_device_disappearing_mid_stream_is_reported_and_detections_kept(tone_mod
     sf.write(str(wav), tone_signal(1.0, [(0.2, 0.7, 3000.0)]), SR, subtype="FLOAT")
     db = tmp_path / "det.sqlite"
     with pulsemic.PulseMic(SR) as mic:
-        env = {**os.environ, **mic.env}
-        env.pop("ALSA_CONFIG_PATH", None)
-        p = subprocess.Popen([sys.executable, "-m", "birdsound", "listen", "-m", tone_model, "--log", str(db),
-                              "--cooldown", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        err: list[str] = []
-        ready = threading.Event()
-
-        def read_err():
-            for line in p.stderr:
-                err.append(line)
-                if line.startswith("listening on"):
-                    ready.set()
-        threading.Thread(target=read_err, daemon=True).start()
+        p, err, ready = _start_listen(tone_model, mic, ["--log", str(db), "--cooldown", "0"])
         assert ready.wait(60), "".join(err)
         mic.play(str(wav))
         line = p.stdout.readline()  # the detection, printed once its window has ended
@@ -127,7 +112,7 @@ def test_device_disappearing_mid_stream_is_reported_and_detections_kept(tone_mod
     assert rows == [("Testus altus",)]
 
 
-def _start_listen(tone_model, mic, args, tmp_path):
+def _start_listen(tone_model, mic, args):
     """`birdsound listen` on the clocked fake mic; returns (process, stderr lines, ready event)."""
     import subprocess
     import sys
@@ -165,7 +150,7 @@ def test_stop_signal_ends_within_a_second_with_or_without_duration(tone_model, t
     db = tmp_path / "logs" / "new" / "det.sqlite"  # a folder that does not exist yet
     args = ["--log", str(db), "--cooldown", "0"] + (["--duration", duration] if duration else [])
     with pulsemic.PulseMic(SR) as mic:
-        p, err, ready = _start_listen(tone_model, mic, args, tmp_path)
+        p, err, ready = _start_listen(tone_model, mic, args)
         assert ready.wait(60), "".join(err)
         mic.play(str(wav))
         line = p.stdout.readline()  # the detection (its window has ended)
