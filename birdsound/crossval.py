@@ -20,8 +20,10 @@ from .teacher import NEG_P
 from .metrics import RECORDING_SCORES, false_detections, macro_ap, macro_auc, recording_scores, topk_accuracy
 
 EVAL_HOP_S = 1.5  # hop of validation windows for window and recording metrics
+FALSE_DETECTIONS_TARGET = 2.0  # per hour of bird-free audio at the default min_conf: what the offset aims at
+PRESENT_P = 0.5  # teacher probability of the focal species that counts as "the bird is there" (recall)
 METRIC_KEYS = ("recording_top1", "recording_top5", "window_macro_ap", "window_macro_auc",
-               "false_detections_per_hour")
+               "false_detections_per_hour", "recall_at_default")
 
 
 def assign_folds(recs: list[Recording], k: int, seed: int) -> list[int]:
@@ -108,7 +110,68 @@ def validate(net, prep, recs: list[Recording], negatives: list[Recording] = ()) 
     hours = sum(v["hours"] for v in fd.values())
     out["false_detections"] = fd
     out["false_detections_per_hour"] = sum(v["detections"] for v in fd.values()) / hours if hours else float("nan")
+    # what a logit offset (calibration) needs: every bird-free logit, and the focal logit where the bird is there
+    out["_bird_free_logits"] = logit(np.concatenate(free + neg).ravel()) if free or neg else np.zeros(0)
+    out["_bird_free_hours"] = hours
+    present = [logit(window_probs(net, r.power, s, wf)[:, index[r.labels[0]]]) for r in recs
+               if (s := present_windows(r, index[r.labels[0]], wf, fps, window_s))]
+    out["_present_logits"] = np.concatenate(present) if present else np.zeros(0)
+    thr = logit(np.array([DEFAULT_MIN_CONF]))[0]
+    out["recall_at_default"] = float(np.mean(out["_present_logits"] >= thr)) if len(out["_present_logits"]) else float("nan")
     return out
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def present_windows(r: Recording, c: int, window_frames: int, frame_rate: float, hop_s: float) -> list[int]:
+    """Start frames of default-setting windows of `r` in which the teacher hears its focal species
+    (probability >= PRESENT_P): where a detection is expected."""
+    t = r.teacher
+    if t is None or np.isnan(t.probs[:, c]).all():
+        return []
+    there = {int(f) for f, p in zip(t.frames, t.probs[:, c]) if p >= PRESENT_P}
+    hop = int(round(hop_s * frame_rate))
+    return [s for s in full_window_starts(r.power, window_frames, hop) if s in there]
+
+
+def offset_for(bird_free_logits: np.ndarray, hours: float, min_conf: float = DEFAULT_MIN_CONF,
+               target_per_hour: float = FALSE_DETECTIONS_TARGET) -> float:
+    """The smallest logit offset b >= 0 such that ``sigmoid(logit - b) >= min_conf`` holds for at most
+    ``target_per_hour * hours`` of the bird-free logits (false detections at default settings)."""
+    z = np.sort(np.asarray(bird_free_logits))[::-1]
+    allowed = int(np.floor(target_per_hour * hours))
+    if len(z) <= allowed:
+        return 0.0
+    thr = logit(np.array([min_conf]))[0]
+    return float(max(0.0, z[allowed] - thr + 1e-4))
+
+
+def calibrate(folds: list[dict], min_conf: float = DEFAULT_MIN_CONF) -> tuple[float, list[dict]]:
+    """Cross-fitted logit offsets: each fold's offset is chosen on the other folds' bird-free windows and
+    judged on its own (false detections per hour and recall where the teacher hears the focal species).
+    Returns (the offset chosen on all folds, for the final model; each fold's calibrated figures). An offset
+    changes no ranking: top-1, top-5 and AP stay as they are."""
+    thr = logit(np.array([min_conf]))[0]
+    out = []
+    for k, f in enumerate(folds):
+        others = [g for j, g in enumerate(folds) if j != k]
+        b = offset_for(np.concatenate([g["_bird_free_logits"] for g in others]),
+                       sum(g["_bird_free_hours"] for g in others), min_conf)
+        n = int((f["_bird_free_logits"] >= thr + b).sum())
+        present = f["_present_logits"]
+        out.append({"offset": round(b, 4), "false_detections_per_hour": n / f["_bird_free_hours"] if f["_bird_free_hours"] else float("nan"),
+                    "recall_at_default": float(np.mean(present >= thr + b)) if len(present) else float("nan")})
+    b_all = offset_for(np.concatenate([f["_bird_free_logits"] for f in folds]), sum(f["_bird_free_hours"] for f in folds),
+                       min_conf)
+    return b_all, out
+
+
+def public(m: dict) -> dict:
+    """Metrics without the arrays that :func:`calibrate` needs (keys starting with '_')."""
+    return {k: v for k, v in m.items() if not k.startswith("_")}
 
 
 def with_method(m: dict, method: str) -> dict:

@@ -11,7 +11,10 @@ from .metadata import Metadata
 
 CARD_METRICS = (("recording_top1", "recording top-1"), ("recording_top5", "recording top-5"),
                 ("window_macro_ap", "window macro AP"), ("window_macro_auc", "window ROC-AUC"),
-                ("false_detections_per_hour", "false detections per hour (bird-free audio, min-conf 0.25)"))
+                ("false_detections_per_hour", "false detections per hour (bird-free audio, min-conf 0.25), raw"),
+                ("recall_at_default", "recall at min-conf 0.25 where BirdNET hears the focal species, raw"))
+CALIBRATED = (("false_detections_per_hour", "false detections per hour, calibrated (offset chosen on the other fold)"),
+              ("recall_at_default", "recall at min-conf 0.25, calibrated"))
 
 
 def cv_table(cv: dict) -> list[str]:
@@ -19,6 +22,10 @@ def cv_table(cv: dict) -> list[str]:
     lines = ["| metric | mean | per fold |", "|---|---|---|"]
     for key, name in CARD_METRICS:
         vals = [f[key] for f in cv["folds"] if key in f]
+        if vals:
+            lines.append(f"| {name} | {np.mean(vals):.3f} | {', '.join(f'{v:.3f}' for v in vals)} |")
+    for key, name in CALIBRATED:
+        vals = [f["calibrated"][key] for f in cv["folds"] if "calibrated" in f]
         if vals:
             lines.append(f"| {name} | {np.mean(vals):.3f} | {', '.join(f'{v:.3f}' for v in vals)} |")
     return lines
@@ -35,6 +42,9 @@ def model_card(meta: Metadata, net, recs: list[Recording], report: dict) -> str:
              f"- Licence of the weights: {meta.license}"]
     if meta.extra.get("teacher"):
         lines.append(f"- Distilled from: {meta.extra['teacher']}")
+    if meta.extra.get("logit_offset"):
+        lines.append(f"- Calibrated for silence: logits lowered by {meta.extra['logit_offset']:.3f} (chosen by "
+                     "cross-validation so bird-free audio gives at most 2 false detections per hour at min-conf 0.25)")
     if meta.extra.get("calibration_temperature"):
         lines.append(f"- Confidence calibrated: logits divided by {meta.extra['calibration_temperature']:.3f} "
                      "(fitted on cross-validated predictions)")

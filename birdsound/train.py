@@ -60,6 +60,7 @@ class TrainConfig:
     backbone: dict | None = None  # None: the v1 CNN; {"type": "mn", "depth": 12}: EfficientAT's MobileNetV3
     frontend: dict | None = None  # MelFrontEnd settings (None: defaults)
     pretrained: str | None = None  # EfficientAT mn04 weights to start the "mn" backbone from
+    calibrate: bool = True  # with cross-validation: shift logits so bird-free audio stays quiet (FALSE_DETECTIONS_TARGET)
 
 
 def apply_recipe(cfg: TrainConfig, recipe: str) -> TrainConfig:
@@ -305,16 +306,18 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
         log(n)
     report: dict = {"data": data, "labels": prep.labels, "n_recordings": len(prep.recs), "config": asdict(cfg),
                     "negatives": list(negatives), "audio_s": float(sum(r.power.shape[1] for r in prep.recs) / prep.frame_rate)}
-    score_method = "top25"
+    score_method, offset = "top25", 0.0
     if folds >= 2:
         cv = cross_validate(prep, cfg, folds, val_negatives, log=log)
         report["cross_validation"] = cv
         score_method = cv["recording_score"]
+        offset = cv["logit_offset"] if cfg.calibrate else 0.0
     os.makedirs(out_dir, exist_ok=True)
     if not cv_only:
         net, info = fit(prep, prep.recs, cfg, desc="final model")
+        apply_offset(net, offset)
         version = model_version or time.strftime("birdsound-%Y%m%d")
-        extra = {"recording_score": score_method}
+        extra = {"recording_score": score_method, "logit_offset": round(offset, 4)}
         if cfg.backbone:
             extra["backbone"] = cfg.backbone
         if cfg.pretrained:
@@ -355,9 +358,24 @@ def cross_validate(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: 
         log(f"fold {k + 1}/{folds}: " + json.dumps({key: round(float(info["final"][key]), 4) for key in crossval.METRIC_KEYS})
             + f" false detections per hour by source {fd}")
     method = crossval.choose_method(results)
-    results = [crossval.with_method(f, method) for f in results]
-    return {"folds": results, "mean": crossval.mean_metrics([{k: v for k, v in f.items() if k != "history"} for f in results]),
-            "recording_score": method, "k": folds}
+    offset, calibrated = crossval.calibrate(results)
+    for f, c in zip(results, calibrated):
+        f["calibrated"] = c
+    log(f"calibration: logit offset {offset:.3f} (cross-fitted per fold: "
+        + "; ".join(f"offset {c['offset']:.2f}, {c['false_detections_per_hour']:.1f} false detections/h, recall "
+                    f"{c['recall_at_default']:.3f}" for c in calibrated) + ")")
+    results = [crossval.public(crossval.with_method(f, method)) for f in results]
+    mean = crossval.mean_metrics([{k: v for k, v in f.items() if k != "history"} for f in results])
+    for key in ("false_detections_per_hour", "recall_at_default"):
+        mean[f"calibrated_{key}"] = float(np.mean([c[key] for c in calibrated]))
+    return {"folds": results, "mean": mean, "recording_score": method, "k": folds, "logit_offset": offset}
+
+
+def apply_offset(net: BirdNetLite, offset: float) -> BirdNetLite:
+    """Fold a calibration offset into the head: every logit minus `offset` (rankings unchanged)."""
+    with torch.no_grad():
+        net.head.bias -= offset
+    return net
 
 
 # ------------------------------------------------------------------ head-only transfer
@@ -456,7 +474,7 @@ def train_head(data: str, base: str, out_dir: str, seed: int = 0, folds: int = 2
         with torch.no_grad():
             held_logits.append(head(Xv))
         held_targets.append(Yv)
-        res.append(crossval.validate(assemble(base_net, head, prep.labels, backbone_cfg), prep, va))
+        res.append(crossval.public(crossval.validate(assemble(base_net, head, prep.labels, backbone_cfg), prep, va)))
     temperature = fit_temperature(torch.cat(held_logits), torch.cat(held_targets))
     report["cross_validation"] = {"folds": res, "mean": crossval.mean_metrics(res)}
     report["calibration_temperature"] = temperature
