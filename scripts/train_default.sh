@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce the shipped default model birdsound-xc69-v2 end to end (2 cores: ~5 min teacher pass,
-# ~25 min 2-fold cross-validation, ~13 min final model). Needs ../shared/data (xeno-canto recordings, not part
+# Reproduce the shipped default model birdsound-xc69-v2 end to end (2 cores: ~6 min teacher pass,
+# ~35 min 2-fold cross-validation, ~15 min final model). Needs ../shared/data (xeno-canto recordings, not part
 # of this repo), espeak-ng (apt-get install espeak-ng) and the distill extra (pip install -e '.[distill]').
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,7 @@ birdsound train datasets/xc_train_manifest.csv -o runs/v2 --folds 2 --steps 4500
   --teacher birdnet --teacher-cache runs/teacher_cache \
   --negatives runs/negatives/train --negatives "$S/strong_label_examples" \
   --negatives "$S/birdnet_example_soundscapes/audio/soundscape.wav" --val-negatives runs/negatives/val \
+  --recipe '{"sampler": {"bg_share": 0.35, "real_negative_share": 0.7, "hard_weight": 0.3, "shift_p": 0.3, "stretch_p": 0.3}}' \
   --model-version birdsound-xc69-v2 \
   --license "CC BY-NC-SA 4.0 (non-commercial; inherited from the CC BY-NC(-SA/-ND) training recordings and the BirdNET V2.4 teacher)"
 cp runs/v2/model.pt models/birdsound_default.pt

@@ -91,8 +91,9 @@ def test_folder_tree_mirrored_combined_and_skip_existing(tone_model, write_wav, 
     assert (out / "a" / "one.birdsound.selection.table.txt").exists()
     assert (out / "b" / "c" / "two.birdsound.selection.table.txt").exists()
     r = analyze(str(tmp_path / "in"), "-m", tone_model, "-o", str(out), "--skip-existing")
-    assert "0 files analysed (2 skipped)" in r.output
+    assert r.exit_code == 0 and "0 files analysed (2 skipped)" in r.output
     r = analyze(str(tmp_path / "in"), "-m", tone_model, "-o", str(out), "--combine", "--rtype", "table")
+    assert r.exit_code == 0 and "2 files analysed (0 skipped)" in r.output
     rows = read_raven(str(out / "birdsound.combined.selection.table.txt"))
     # second file's times are offset by the first file's duration; File Offset stays file-relative
     assert [(x["Common Name"], float(x["Begin Time (s)"]), float(x["File Offset (s)"])) for x in rows] == [
@@ -114,21 +115,20 @@ def test_channel_selection_and_band_limit(tone_model, write_wav, tmp_path):
 
 def test_species_lists_thresholds_top_n(tone_model, write_wav, tmp_path):
     p = write_wav("both.wav", tone_signal(3, [(0.5, 0.8, 3000.0), (1.5, 1.8, 1000.0)]))
-    out = tmp_path / "o"
     inc = tmp_path / "inc.txt"
     inc.write_text("# my list\nTestus bassus\n")
-    analyze(p, "-m", tone_model, "-o", str(out), "--rtype", "csv", "--include", str(inc))
-    assert [x["Common name"] for x in read_csv(out / "both.birdsound.results.csv")] == ["Low Tone"]
     exc = tmp_path / "exc.txt"
     exc.write_text("low tone\n")
-    analyze(p, "-m", tone_model, "-o", str(out), "--rtype", "csv", "--exclude", str(exc))
-    assert [x["Common name"] for x in read_csv(out / "both.birdsound.results.csv")] == ["High Tone"]
     thr = tmp_path / "thr.csv"
     thr.write_text("species,threshold\nTestus altus_High Tone,0.99999\n")
-    analyze(p, "-m", tone_model, "-o", str(out), "--rtype", "csv", "--thresholds", str(thr))
-    assert [x["Common name"] for x in read_csv(out / "both.birdsound.results.csv")] == ["Low Tone"]
-    analyze(p, "-m", tone_model, "-o", str(out), "--rtype", "csv", "--top-n", "1")
-    assert len(read_csv(out / "both.birdsound.results.csv")) == 1
+    runs = [(["--include", str(inc)], ["Low Tone"]), (["--exclude", str(exc)], ["High Tone"]),
+            (["--thresholds", str(thr)], ["Low Tone"]), (["--top-n", "1"], None), ([], ["High Tone", "Low Tone"])]
+    for k, (args, want) in enumerate(runs):
+        out = tmp_path / f"o{k}"  # a fresh folder each time: no run can pass on a file an earlier one wrote
+        r = analyze(p, "-m", tone_model, "-o", str(out), "--rtype", "csv", *args)
+        assert r.exit_code == 0, r.output
+        got = [x["Common name"] for x in read_csv(out / "both.birdsound.results.csv")]
+        assert (len(got) == 1) if want is None else (sorted(got) == want), (args, got)
 
 
 def test_unusual_but_valid_audio(tone_model, write_wav, tmp_path):
