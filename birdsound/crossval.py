@@ -113,6 +113,9 @@ def validate(net, prep, recs: list[Recording], negatives: list[Recording] = ()) 
     # what a logit offset (calibration) needs: every bird-free logit, and the focal logit where the bird is there
     out["_bird_free_logits"] = logit(np.concatenate(free + neg).ravel()) if free or neg else np.zeros(0)
     out["_bird_free_hours"] = hours
+    out["_free_recordings_logits"] = logit(np.concatenate(free).ravel()) if free else np.zeros(0)
+    out["_free_files_logits"] = logit(np.concatenate(neg).ravel()) if neg else np.zeros(0)
+    out["_free_hours_by_source"] = np.array([fd["validation_recordings"]["hours"], fd.get("bird_free_files", {"hours": 0.0})["hours"]])
     present = [logit(window_probs(net, r.power, s, wf)[:, index[r.labels[0]]]) for r in recs
                if (s := present_windows(r, index[r.labels[0]], wf, fps, window_s))]
     out["_present_logits"] = np.concatenate(present) if present else np.zeros(0)
@@ -149,7 +152,20 @@ def offset_for(bird_free_logits: np.ndarray, hours: float, min_conf: float = DEF
     return float(max(0.0, z[allowed] - thr + 1e-4))
 
 
-def calibrate(folds: list[dict], min_conf: float = DEFAULT_MIN_CONF) -> tuple[float, list[dict]]:
+def offset_curve(folds: list[dict], offsets=np.arange(0.0, 8.01, 0.5), min_conf: float = DEFAULT_MIN_CONF) -> list[dict]:
+    """False detections per hour and recall at `min_conf` for fixed logit offsets, over all folds' held-out
+    windows: the trade-off an offset makes."""
+    thr = logit(np.array([min_conf]))[0]
+    z = np.concatenate([f["_bird_free_logits"] for f in folds])
+    hours = sum(f["_bird_free_hours"] for f in folds)
+    present = np.concatenate([f["_present_logits"] for f in folds])
+    return [{"offset": float(b), "false_detections_per_hour": float((z >= thr + b).sum() / hours) if hours else float("nan"),
+             "recall_at_default": float(np.mean(present >= thr + b)) if len(present) else float("nan")}
+            for b in offsets]
+
+
+def calibrate(folds: list[dict], min_conf: float = DEFAULT_MIN_CONF,
+              target_per_hour: float = FALSE_DETECTIONS_TARGET) -> tuple[float, list[dict]]:
     """Cross-fitted logit offsets: each fold's offset is chosen on the other folds' bird-free windows and
     judged on its own (false detections per hour and recall where the teacher hears the focal species).
     Returns (the offset chosen on all folds, for the final model; each fold's calibrated figures). An offset
@@ -159,13 +175,13 @@ def calibrate(folds: list[dict], min_conf: float = DEFAULT_MIN_CONF) -> tuple[fl
     for k, f in enumerate(folds):
         others = [g for j, g in enumerate(folds) if j != k]
         b = offset_for(np.concatenate([g["_bird_free_logits"] for g in others]),
-                       sum(g["_bird_free_hours"] for g in others), min_conf)
+                       sum(g["_bird_free_hours"] for g in others), min_conf, target_per_hour)
         n = int((f["_bird_free_logits"] >= thr + b).sum())
         present = f["_present_logits"]
         out.append({"offset": round(b, 4), "false_detections_per_hour": n / f["_bird_free_hours"] if f["_bird_free_hours"] else float("nan"),
                     "recall_at_default": float(np.mean(present >= thr + b)) if len(present) else float("nan")})
     b_all = offset_for(np.concatenate([f["_bird_free_logits"] for f in folds]), sum(f["_bird_free_hours"] for f in folds),
-                       min_conf)
+                       min_conf, target_per_hour)
     return b_all, out
 
 

@@ -60,7 +60,8 @@ class TrainConfig:
     backbone: dict | None = None  # None: the v1 CNN; {"type": "mn", "depth": 12}: EfficientAT's MobileNetV3
     frontend: dict | None = None  # MelFrontEnd settings (None: defaults)
     pretrained: str | None = None  # EfficientAT mn04 weights to start the "mn" backbone from
-    calibrate: bool = True  # with cross-validation: shift logits so bird-free audio stays quiet (FALSE_DETECTIONS_TARGET)
+    calibrate: bool = True  # with cross-validation: shift logits so bird-free audio stays quiet
+    false_detections_target: float = 2.0  # per hour of bird-free audio at min_conf 0.25, what the shift aims at
 
 
 def apply_recipe(cfg: TrainConfig, recipe: str) -> TrainConfig:
@@ -308,7 +309,7 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
                     "negatives": list(negatives), "audio_s": float(sum(r.power.shape[1] for r in prep.recs) / prep.frame_rate)}
     score_method, offset = "top25", 0.0
     if folds >= 2:
-        cv = cross_validate(prep, cfg, folds, val_negatives, log=log)
+        cv = cross_validate(prep, cfg, folds, val_negatives, log=log, arrays_path=os.path.join(out_dir, "cv_logits.npz"))
         report["cross_validation"] = cv
         score_method = cv["recording_score"]
         offset = cv["logit_offset"] if cfg.calibrate else 0.0
@@ -334,7 +335,8 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
     return report
 
 
-def cross_validate(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: list[str] = (), log=print) -> dict:
+def cross_validate(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: list[str] = (), log=print,
+                   arrays_path: str | None = None) -> dict:
     """K-fold cross-validation by recording of the recipe `cfg`; returns the report with the final
     step's metrics per fold, their mean, and the chosen recording aggregation."""
     neg = []
@@ -358,7 +360,14 @@ def cross_validate(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: 
         log(f"fold {k + 1}/{folds}: " + json.dumps({key: round(float(info["final"][key]), 4) for key in crossval.METRIC_KEYS})
             + f" false detections per hour by source {fd}")
     method = crossval.choose_method(results)
-    offset, calibrated = crossval.calibrate(results)
+    offset, calibrated = crossval.calibrate(results, target_per_hour=cfg.false_detections_target)
+    curve = crossval.offset_curve(results)
+    if arrays_path:  # the held-out logits behind the calibration, for a later look at the trade-off
+        os.makedirs(os.path.dirname(os.path.abspath(arrays_path)), exist_ok=True)
+        np.savez_compressed(arrays_path, **{f"fold{k}{key}": f[key] for k, f in enumerate(results)
+                                            for key in ("_bird_free_logits", "_present_logits", "_free_recordings_logits",
+                                                                 "_free_files_logits", "_free_hours_by_source")},
+                            bird_free_hours=np.array([f["_bird_free_hours"] for f in results]))
     for f, c in zip(results, calibrated):
         f["calibrated"] = c
     log(f"calibration: logit offset {offset:.3f} (cross-fitted per fold: "
@@ -368,7 +377,8 @@ def cross_validate(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: 
     mean = crossval.mean_metrics([{k: v for k, v in f.items() if k != "history"} for f in results])
     for key in ("false_detections_per_hour", "recall_at_default"):
         mean[f"calibrated_{key}"] = float(np.mean([c[key] for c in calibrated]))
-    return {"folds": results, "mean": mean, "recording_score": method, "k": folds, "logit_offset": offset}
+    return {"folds": results, "mean": mean, "recording_score": method, "k": folds, "logit_offset": offset,
+            "false_detections_target": cfg.false_detections_target, "offset_curve": curve}
 
 
 def apply_offset(net: BirdNetLite, offset: float) -> BirdNetLite:
