@@ -390,6 +390,7 @@ def export(model_path, out, fmt, quantize, calib, n_windows):
     if os.path.isdir(out) and not (fmt == "coreml" and out.endswith(".mlpackage")):
         fail(f"-o {out}: is a directory")
     sources = list(calib) or [DEFAULT_CALIBRATION]
+    kind = "real"
     try:
         windows, labels = ex.calibration_windows(sources, meta.sample_rate, meta.window_samples, n_windows)
     except (ex.ExportError, ValueError) as e:
@@ -398,6 +399,7 @@ def export(model_path, out, fmt, quantize, calib, n_windows):
             fail(f"{e}{hint}")
         windows = ex.synthetic_windows(n_windows, meta.sample_rate, meta.window_samples)
         labels = [""] * len(windows)
+        kind = "synthesized"
         click.echo("note: no training recordings here: parity is checked on synthesized windows "
                    "(--calibration AUDIO_FOLDER checks on real audio)", err=True)
     try:
@@ -407,7 +409,7 @@ def export(model_path, out, fmt, quantize, calib, n_windows):
     except ValueError as e:
         fail(str(e))
     click.echo(f"wrote {out} ({rep['size_bytes'] / 1e6:.2f} MB, {fmt}, quantize {quantize})")
-    click.echo(f"parity on {rep['windows']} real windows: max |diff| {rep['max_abs_diff']:.2e}, "
+    click.echo(f"parity on {rep['windows']} {kind} windows: max |diff| {rep['max_abs_diff']:.2e}, "
                f"top-1 agreement {rep['top1_agreement']:.3f}" + (f" ({rep['note']})" if rep["note"] else ""))
     if "macro_ap_drop" in rep:
         click.echo(f"macro AP on labelled windows: fp32 {rep['macro_ap_fp32']:.3f}, exported "

@@ -299,11 +299,11 @@ class LiveSession:
             self.summary.lines.append(line)
             self.summary.detections += 1
             self.echo(line)
+            if self.live.clips_dir:  # pending before the log names it: a reader of the log can wait for it
+                self.pending.append(d)
             if self.log:
                 self.log.add(d, self.t0, self.device_name, self.model.meta.model_version,
                              self.clip_for(d) if self.live.clips_dir else None)
-            if self.live.clips_dir:
-                self.pending.append(d)
             for listener in self.listeners:
                 listener(d)
 

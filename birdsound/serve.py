@@ -33,6 +33,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.resources import files
@@ -285,6 +286,17 @@ class LiveHub:
         del self.recent[:-500]
         self.publish("detection", item)
 
+    def clip_pending(self, name: str) -> float:
+        """Seconds until the clip `name` is written (its post-roll still being recorded), 0.0 if it is not
+        pending."""
+        s = self.session
+        if s is None or not s.live.clips_dir:
+            return 0.0
+        for d in list(s.pending):
+            if s.clip_for(d) == name:
+                return max(0.0, d.end_s + s.live.post_roll_s - s.position / s.sr) + 0.5
+        return 0.0
+
     def _on_audio(self, x: np.ndarray) -> None:
         """Spectrogram columns (uint8, 0..255 over SPEC_DB) of model-rate audio, SPEC_FFT per column."""
         buf = np.concatenate([self.spec_buf, x])
@@ -500,6 +512,11 @@ def create_app(model: Classifier, opts: ServeOptions, detect_opts: DetectOptions
         if not opts.clips_dir or not CLIP_NAME.match(name):
             raise ServeError(404, "no such clip")
         p = os.path.join(opts.clips_dir, name)
+        # a clip is written once its post-roll has been recorded: a request that comes sooner waits for it
+        wait = min(hub.clip_pending(name), 10.0) if hub is not None else 0.0
+        deadline = time.monotonic() + wait
+        while not os.path.isfile(p) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         if not os.path.isfile(p):
             raise ServeError(404, "no such clip")
         return FileResponse(p, media_type="audio/wav")

@@ -420,8 +420,14 @@ def test_export_without_usable_calibration_audio_says_what_to_do(small_model, tm
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("path,species\nnowhere/a.wav,Testus altus_High Tone\n")
     monkeypatch.setattr(cli, "DEFAULT_CALIBRATION", str(manifest))
-    r = CliRunner().invoke(main, ["export", small_model, "-o", str(tmp_path / "m.pt")])
+    # fp32: parity falls back to synthesized windows, and says so
+    r = CliRunner().invoke(main, ["export", small_model, "-o", str(tmp_path / "fp32.pt")])
+    assert r.exit_code == 0 and "synthesized windows" in r.output and "real windows" not in r.output, r.output
+    assert (tmp_path / "fp32.pt").exists()
+    # int8 calibrates on real audio: without any, one line saying what to pass
+    r = CliRunner().invoke(main, ["export", small_model, "-o", str(tmp_path / "m.pt"), "--quantize", "int8"])
     assert r.exit_code == 2 and "pass --calibration AUDIO_FOLDER" in r.output, r.output
+    assert not (tmp_path / "m.pt").exists()
     (tmp_path / "empty").mkdir()
     r = CliRunner().invoke(main, ["export", small_model, "-o", str(tmp_path / "m.pt"), "--calibration", str(tmp_path / "empty")])
     assert r.exit_code == 2 and "no usable audio windows" in r.output and "pass --calibration" not in r.output

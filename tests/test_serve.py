@@ -215,7 +215,11 @@ def test_dashboard_in_a_real_browser_shows_a_played_sound(tone_model, tmp_path):
                     sync_api.expect(p.locator("#live li").first).to_contain_text("High Tone", timeout=8000)
                 seen = time.monotonic() - played
                 sync_api.expect(page.locator("#tally tbody")).to_contain_text("High Tone")
-                time.sleep(1.5)  # the clip is written once its post-roll has been recorded
+                # asked for at once, the clip (written once its post-roll is recorded) is waited for, not a 404
+                first = page.evaluate("""async () => { const r = await fetch('/v1/detections?day=today');
+                                          const j = await r.json(); return j.detections[0].clip; }""")
+                r = httpx.get(url + "v1/clips/" + first, timeout=15)
+                assert r.status_code == 200 and r.content[:4] == b"RIFF", (r.status_code, first)
                 page.screenshot(path=str(tmp_path / "dashboard.png"))
                 other.close()
                 clip = page.locator("#live li button.play").first
