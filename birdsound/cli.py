@@ -248,6 +248,7 @@ def train(data, out_dir, steps, batch_size, folds, cv_only, seed, teacher, negat
     Writes model.pt, metrics.json and MODEL_CARD.md into the output folder."""
     import torch
 
+    from . import headonly
     from . import train as tr
     from .metadata import ModelError
 
@@ -263,8 +264,8 @@ def train(data, out_dir, steps, batch_size, folds, cv_only, seed, teacher, negat
     try:
         if head_only:
             try:
-                report = tr.train_head(data, base, out_dir, seed=seed, folds=folds, model_version=model_version,
-                                       license=license_, log=log)
+                report = headonly.train_head(data, base, out_dir, seed=seed, folds=folds,
+                                             model_version=model_version, license=license_, log=log)
             except ModelError as e:
                 fail(f"--base {e}")
         else:

@@ -14,7 +14,6 @@ import tempfile
 import time
 import warnings
 
-import numpy as np
 import torch
 
 from birdsound import export as ex

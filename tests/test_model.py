@@ -5,7 +5,6 @@ import importlib.util
 import json
 import re
 import os
-import pickle
 import subprocess
 import sys
 

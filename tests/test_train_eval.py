@@ -54,7 +54,7 @@ def test_train_with_folds_reports_cross_validation_and_writes_a_card(synth_datas
 
 
 def test_fit_temperature_tames_overconfident_logits():
-    from birdsound.train import fit_temperature
+    from birdsound.headonly import fit_temperature
     rng = np.random.default_rng(0)
     y = torch.from_numpy((rng.random((400, 3)) < 0.3).astype(np.float32))
     noisy = y.clone()
