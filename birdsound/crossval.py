@@ -21,6 +21,7 @@ from .metrics import RECORDING_SCORES, false_detections, macro_ap, macro_auc, re
 
 EVAL_HOP_S = 1.5  # hop of validation windows for window and recording metrics
 FALSE_DETECTIONS_TARGET = 2.0  # per hour of bird-free audio at the default min_conf: what the offset aims at
+RECALL_KEPT = 0.75  # ... but an offset never costs more than a quarter of the recall at the default min_conf
 PRESENT_P = 0.5  # teacher probability of the focal species that counts as "the bird is there" (recall)
 METRIC_KEYS = ("recording_top1", "recording_top5", "window_macro_ap", "window_macro_auc",
                "false_detections_per_hour", "recall_at_default")
@@ -152,6 +153,19 @@ def offset_for(bird_free_logits: np.ndarray, hours: float, min_conf: float = DEF
     return float(max(0.0, z[allowed] - thr + 1e-4))
 
 
+def recall_capped(offset: float, present_logits: np.ndarray, min_conf: float = DEFAULT_MIN_CONF,
+                  kept: float = RECALL_KEPT) -> float:
+    """`offset`, lowered (in steps of 0.01) until the recall where the bird is there stays at least `kept` of
+    the recall without an offset: silence bought with all of the recall makes a detector that hears nothing."""
+    if not len(present_logits) or offset <= 0:
+        return offset
+    thr = logit(np.array([min_conf]))[0]
+    floor = kept * np.mean(present_logits >= thr)
+    bs = np.arange(0.0, offset + 1e-9, 0.01)
+    ok = [b for b in bs if np.mean(present_logits >= thr + b) >= floor]
+    return float(min(offset, max(ok))) if ok else 0.0
+
+
 def offset_curve(folds: list[dict], offsets=np.arange(0.0, 8.01, 0.5), min_conf: float = DEFAULT_MIN_CONF) -> list[dict]:
     """False detections per hour and recall at `min_conf` for fixed logit offsets, over all folds' held-out
     windows: the trade-off an offset makes."""
@@ -165,8 +179,9 @@ def offset_curve(folds: list[dict], offsets=np.arange(0.0, 8.01, 0.5), min_conf:
 
 
 def calibrate(folds: list[dict], min_conf: float = DEFAULT_MIN_CONF,
-              target_per_hour: float = FALSE_DETECTIONS_TARGET) -> tuple[float, list[dict]]:
-    """Cross-fitted logit offsets: each fold's offset is chosen on the other folds' bird-free windows and
+              target_per_hour: float = FALSE_DETECTIONS_TARGET, kept: float = RECALL_KEPT) -> tuple[float, list[dict]]:
+    """Cross-fitted logit offsets: each fold's offset is chosen on the other folds' bird-free windows (at most
+    `target_per_hour` false detections, keeping at least `kept` of the recall: :func:`recall_capped`) and
     judged on its own (false detections per hour and recall where the teacher hears the focal species).
     Returns (the offset chosen on all folds, for the final model; each fold's calibrated figures). An offset
     changes no ranking: top-1, top-5 and AP stay as they are."""
@@ -176,13 +191,14 @@ def calibrate(folds: list[dict], min_conf: float = DEFAULT_MIN_CONF,
         others = [g for j, g in enumerate(folds) if j != k]
         b = offset_for(np.concatenate([g["_bird_free_logits"] for g in others]),
                        sum(g["_bird_free_hours"] for g in others), min_conf, target_per_hour)
+        b = recall_capped(b, np.concatenate([g["_present_logits"] for g in others]), min_conf, kept)
         n = int((f["_bird_free_logits"] >= thr + b).sum())
         present = f["_present_logits"]
         out.append({"offset": round(b, 4), "false_detections_per_hour": n / f["_bird_free_hours"] if f["_bird_free_hours"] else float("nan"),
                     "recall_at_default": float(np.mean(present >= thr + b)) if len(present) else float("nan")})
     b_all = offset_for(np.concatenate([f["_bird_free_logits"] for f in folds]), sum(f["_bird_free_hours"] for f in folds),
                        min_conf, target_per_hour)
-    return b_all, out
+    return recall_capped(b_all, np.concatenate([f["_present_logits"] for f in folds]), min_conf, kept), out
 
 
 def public(m: dict) -> dict:

@@ -44,7 +44,9 @@ def model_card(meta: Metadata, net, recs: list[Recording], report: dict) -> str:
         lines.append(f"- Distilled from: {meta.extra['teacher']}")
     if meta.extra.get("logit_offset"):
         lines.append(f"- Calibrated for silence: logits lowered by {meta.extra['logit_offset']:.3f} (chosen by "
-                     "cross-validation so bird-free audio gives at most 2 false detections per hour at min-conf 0.25)")
+                     "cross-validation: the smallest offset giving at most 2 false detections per hour of bird-free audio at "
+                     "min-conf 0.25, unless that costs more than a quarter of the recall, in which case the largest "
+                     "offset that keeps three quarters)")
     if meta.extra.get("calibration_temperature"):
         lines.append(f"- Confidence calibrated: logits divided by {meta.extra['calibration_temperature']:.3f} "
                      "(fitted on cross-validated predictions)")

@@ -1,0 +1,45 @@
+"""The silence/recall trade-off of a calibration offset, from a cross-validation's held-out logits.
+Prints JSON (not a test): for each logit offset, false detections per hour at min-conf 0.25 on the
+teacher-empty windows of validation recordings and on bird-free files, and the recall where the
+teacher hears the focal species.
+
+    python scripts/offset_tradeoff.py runs/v2/cv_logits.npz [--step 0.25] [--max 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from birdsound.crossval import logit
+from birdsound.detect import DEFAULT_MIN_CONF
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("npz")
+    ap.add_argument("--step", type=float, default=0.25)
+    ap.add_argument("--max", type=float, default=8.0)
+    a = ap.parse_args()
+    z = np.load(a.npz)
+    folds = sorted({k[4] for k in z.files if k.startswith("fold")})
+    cat = lambda key: np.concatenate([z[f"fold{k}{key}"] for k in folds])  # noqa: E731
+    rec, files, present = cat("_free_recordings_logits"), cat("_free_files_logits"), cat("_present_logits")
+    hours = np.sum([z[f"fold{k}_free_hours_by_source"] for k in folds], axis=0)
+    thr = logit(np.array([DEFAULT_MIN_CONF]))[0]
+    rows = []
+    for b in np.arange(0.0, a.max + 1e-9, a.step):
+        n_rec, n_files = int((rec >= thr + b).sum()), int((files >= thr + b).sum())
+        rows.append({"offset": round(float(b), 3),
+                     "fd_per_hour_validation_recordings": round(n_rec / hours[0], 2),
+                     "fd_per_hour_bird_free_files": round(n_files / hours[1], 2) if hours[1] else None,
+                     "fd_per_hour_all": round((n_rec + n_files) / hours.sum(), 2),
+                     "recall_at_default": round(float(np.mean(present >= thr + b)), 4)})
+    print(json.dumps({"hours": {"validation_recordings": float(hours[0]), "bird_free_files": float(hours[1])},
+                      "present_windows": int(len(present)), "curve": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
