@@ -9,7 +9,7 @@ Inputs are built once in --work (default /tmp/birdsound-bench) by looping real r
 1 h FLAC, 1 h MP3 at 48 kHz (and a 48 kHz WAV for the side-by-side with BirdNET). The 24 h
 file is an RF64 WAV (a RIFF WAV stops at 4 GB, 18.6 h at 32 kHz 16 bit).
 Every end-to-end figure is a fresh `birdsound analyze` process (outputs written, overlap 0):
-x real time and its peak RSS (ru_maxrss of that process), start-up included. Without --model
+x real time and its peak RSS (VmHWM of that process), start-up included. Without --model
 analyze runs the shipped model's ONNX export (onnxruntime); the checkpoint (torch) is run too.
 """
 
@@ -78,19 +78,36 @@ def make_long(path: str, hours: float, rate: int, fmt: str, subtype: str | None 
     return path
 
 
+# The child's own peak RSS: VmHWM of its address space, read as it exits. (ru_maxrss from wait4 would also
+# count the parent's pages at fork time, i.e. this benchmark's own memory.)
+HWM_WRAPPER = """
+import atexit, os, sys
+def _hwm():
+    kb = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]
+    open(os.environ['BENCH_HWM_FILE'], 'w').write(kb)
+atexit.register(_hwm)
+from birdsound.cli import main
+sys.argv[0] = 'birdsound'
+main()
+"""
+
+
 def run_analyze(path: str, out_dir: str, extra: list[str]) -> dict:
     """One fresh `birdsound analyze` process: wall time, x real time, peak RSS (MB)."""
-    cmd = [sys.executable, "-m", "birdsound", "analyze", path, "-o", out_dir, "--rtype", "csv", "-q", *extra]
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    err = p.stderr.read()
-    if status != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {err[-500:]}")
+    args = ["analyze", path, "-o", out_dir, "--rtype", "csv", "-q", *extra]
+    cmd = [sys.executable, "-c", HWM_WRAPPER, *args]
+    with tempfile.NamedTemporaryFile("r", suffix=".hwm") as hwm:
+        t = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "BENCH_HWM_FILE": hwm.name})
+        _, err = p.communicate()
+        wall = time.perf_counter() - t
+        if p.returncode != 0:
+            raise RuntimeError(f"birdsound {' '.join(args)} failed: {err[-500:]}")
+        peak_kb = int(hwm.read().split()[0])
     dur = sf.info(path).duration
     return {"file": os.path.basename(path), "args": " ".join(extra), "audio_s": round(dur, 1), "wall_s": round(wall, 2),
-            "x_realtime": round(dur / wall, 1), "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),
+            "x_realtime": round(dur / wall, 1), "peak_rss_mb": round(peak_kb / 1024, 1),
             "summary": err.strip().splitlines()[-1]}
 
 
