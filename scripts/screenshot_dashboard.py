@@ -21,7 +21,6 @@ DEFAULT = [os.path.join(ROOT, "..", "shared", "data", "vogelstimmen_xc", "audio"
 
 
 def main() -> None:
-    import httpx
     import soundfile as sf
     from playwright.sync_api import sync_playwright
 
@@ -49,17 +48,9 @@ def main() -> None:
                                  "--cooldown", "0"], env=env)
         try:
             url = f"http://127.0.0.1:{port}/"
-            for _ in range(300):
-                try:
-                    if httpx.get(url + "healthz").json()["live"]["state"] == "listening":
-                        break
-                except (httpx.HTTPError, KeyError, TypeError):
-                    pass
-                time.sleep(0.1)
+            pulsemic.wait_listening(url)
             with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--no-first-run", "--disable-quic"])
+                browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=pulsemic.CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": 1100, "height": 860})
                 page.goto(url)
                 page.wait_for_selector("text=listening on", timeout=15000)

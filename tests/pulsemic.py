@@ -22,6 +22,26 @@ set-default-source fakemic.monitor
 """
 
 
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def wait_listening(url: str, timeout_s: float = 30.0) -> bool:
+    """Poll a `birdsound serve --device` at `url` until its live microphone is listening."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "healthz").json()["live"]["state"] == "listening":
+                return True
+        except (httpx.HTTPError, KeyError, TypeError, ValueError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
 def available() -> bool:
     return all(shutil.which(c) for c in ("pulseaudio", "paplay", "pactl"))
 

@@ -194,17 +194,9 @@ def test_dashboard_in_a_real_browser_shows_a_played_sound(tone_model, tmp_path):
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             url = f"http://127.0.0.1:{port}/"
-            for _ in range(200):
-                try:
-                    if httpx.get(url + "healthz").json()["live"]["state"] == "listening":
-                        break
-                except (httpx.HTTPError, KeyError, TypeError):
-                    pass
-                time.sleep(0.1)
+            pulsemic.wait_listening(url)
             with sync_api.sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=chromium, args=[
-                    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--no-first-run", "--disable-quic"])
+                browser = pw.chromium.launch(executable_path=chromium, args=pulsemic.CHROMIUM_ARGS)
                 page, other = browser.new_page(viewport={"width": 1100, "height": 900}), browser.new_page()
                 for p in (page, other):
                     p.goto(url)
