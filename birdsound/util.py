@@ -76,14 +76,29 @@ def quiet_stderr() -> Iterator[None]:
             return
         sys.stderr.flush()
         saved = os.dup(2)
+        real, original = None, sys.stderr
         try:
-            with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+            if _writes_to_fd2(original):  # Python's own writes (other threads' error lines) still reach the terminal
+                real = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(original, "encoding", None) or "utf-8",
+                                 errors="backslashreplace")
+                sys.stderr = real
+            with open(os.devnull, "w") as null:
                 os.dup2(null.fileno(), 2)
                 yield
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+            if real is not None:
+                sys.stderr = original
+                real.close()
             _stderr_depth -= 1
+
+
+def _writes_to_fd2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 @contextlib.contextmanager

@@ -101,3 +101,21 @@ def test_band_limit_removes_out_of_band_tone():
     y = band_limit(x, sr, 2000, 8000)
     spec = np.abs(np.fft.rfft(y[0]))
     assert spec[500] < 1e-3 * spec[5000]
+
+
+def test_quiet_stderr_silences_c_libraries_but_not_other_threads_error_lines():
+    """While one thread decodes with fd 2 silenced (libmpg123's chatter), an error line another thread prints
+    must still reach the terminal: a batch run reports every bad file."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys, threading\n"
+            "from birdsound.util import quiet_stderr\n"
+            "with quiet_stderr():\n"
+            "    os.write(2, b'C library noise\\n')\n"
+            "    t = threading.Thread(target=lambda: print('error: x.wav: kept', file=sys.stderr, flush=True))\n"
+            "    t.start(); t.join()\n"
+            "print('after', file=sys.stderr)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "error: x.wav: kept" in p.stderr and "after" in p.stderr and "C library noise" not in p.stderr, p.stderr
