@@ -22,6 +22,7 @@ from .metrics import RECORDING_SCORES, false_detections, macro_ap, macro_auc, re
 EVAL_HOP_S = 1.5  # hop of validation windows for window and recording metrics
 FALSE_DETECTIONS_TARGET = 2.0  # per hour of bird-free audio at the default min_conf: what the offset aims at
 RECALL_KEPT = 0.75  # ... but an offset never costs more than a quarter of the recall at the default min_conf
+FREE_SOURCES = ("validation_recordings", "bird_free_files")  # where bird-free windows come from
 PRESENT_P = 0.5  # teacher probability of the focal species that counts as "the bird is there" (recall)
 METRIC_KEYS = ("recording_top1", "recording_top5", "window_macro_ap", "window_macro_auc",
                "false_detections_per_hour", "recall_at_default")
@@ -111,23 +112,41 @@ def validate(net, prep, recs: list[Recording], negatives: list[Recording] = ()) 
     hours = sum(v["hours"] for v in fd.values())
     out["false_detections"] = fd
     out["false_detections_per_hour"] = sum(v["detections"] for v in fd.values()) / hours if hours else float("nan")
-    # what a logit offset (calibration) needs: every bird-free logit, and the focal logit where the bird is there
-    out["_bird_free_logits"] = logit(np.concatenate(free + neg).ravel()) if free or neg else np.zeros(0)
-    out["_bird_free_hours"] = hours
+    # what a logit offset (calibration) needs: every bird-free logit by source (see bird_free), and the focal
+    # logit where the bird is there
     out["_free_recordings_logits"] = logit(np.concatenate(free).ravel()) if free else np.zeros(0)
     out["_free_files_logits"] = logit(np.concatenate(neg).ravel()) if neg else np.zeros(0)
-    out["_free_hours_by_source"] = np.array([fd["validation_recordings"]["hours"], fd.get("bird_free_files", {"hours": 0.0})["hours"]])
+    out["_free_hours_by_source"] = np.array([fd[src]["hours"] if src in fd else 0.0 for src in FREE_SOURCES])
     present = [logit(window_probs(net, r.power, s, wf)[:, index[r.labels[0]]]) for r in recs
                if (s := present_windows(r, index[r.labels[0]], wf, fps, window_s))]
     out["_present_logits"] = np.concatenate(present) if present else np.zeros(0)
-    thr = logit(np.array([DEFAULT_MIN_CONF]))[0]
-    out["recall_at_default"] = float(np.mean(out["_present_logits"] >= thr)) if len(out["_present_logits"]) else float("nan")
+    out["recall_at_default"] = at_offset(np.zeros(0), 0.0, out["_present_logits"], 0.0)["recall_at_default"]
     return out
 
 
 def logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
     return np.log(p / (1 - p))
+
+
+def threshold(min_conf: float = DEFAULT_MIN_CONF) -> float:
+    """`min_conf` as a logit: a window is a detection where its logit is at least this."""
+    return float(logit(np.array([min_conf]))[0])
+
+
+def bird_free(folds: list[dict]) -> tuple[np.ndarray, float]:
+    """Every bird-free logit of `folds` (both sources of FREE_SOURCES) and the hours of audio they cover."""
+    z = np.concatenate([f[key] for f in folds for key in ("_free_recordings_logits", "_free_files_logits")])
+    return z, float(sum(f["_free_hours_by_source"].sum() for f in folds))
+
+
+def at_offset(bird_free_logits: np.ndarray, hours: float, present_logits: np.ndarray, offset: float,
+              min_conf: float = DEFAULT_MIN_CONF) -> dict:
+    """False detections per hour of bird-free audio and recall where the bird is there, at `min_conf`, with
+    every logit lowered by `offset`."""
+    thr = threshold(min_conf) + offset
+    return {"false_detections_per_hour": float((bird_free_logits >= thr).sum() / hours) if hours else float("nan"),
+            "recall_at_default": float(np.mean(present_logits >= thr)) if len(present_logits) else float("nan")}
 
 
 def present_windows(r: Recording, c: int, window_frames: int, frame_rate: float, hop_s: float) -> list[int]:
@@ -149,8 +168,7 @@ def offset_for(bird_free_logits: np.ndarray, hours: float, min_conf: float = DEF
     allowed = int(np.floor(target_per_hour * hours))
     if len(z) <= allowed:
         return 0.0
-    thr = logit(np.array([min_conf]))[0]
-    return float(max(0.0, z[allowed] - thr + 1e-4))
+    return float(max(0.0, z[allowed] - threshold(min_conf) + 1e-4))
 
 
 def recall_capped(offset: float, present_logits: np.ndarray, min_conf: float = DEFAULT_MIN_CONF,
@@ -159,7 +177,7 @@ def recall_capped(offset: float, present_logits: np.ndarray, min_conf: float = D
     the recall without an offset: silence bought with all of the recall makes a detector that hears nothing."""
     if not len(present_logits) or offset <= 0:
         return offset
-    thr = logit(np.array([min_conf]))[0]
+    thr = threshold(min_conf)
     floor = kept * np.mean(present_logits >= thr)
     bs = np.arange(0.0, offset + 1e-9, 0.01)
     ok = [b for b in bs if np.mean(present_logits >= thr + b) >= floor]
@@ -169,13 +187,9 @@ def recall_capped(offset: float, present_logits: np.ndarray, min_conf: float = D
 def offset_curve(folds: list[dict], offsets=np.arange(0.0, 8.01, 0.5), min_conf: float = DEFAULT_MIN_CONF) -> list[dict]:
     """False detections per hour and recall at `min_conf` for fixed logit offsets, over all folds' held-out
     windows: the trade-off an offset makes."""
-    thr = logit(np.array([min_conf]))[0]
-    z = np.concatenate([f["_bird_free_logits"] for f in folds])
-    hours = sum(f["_bird_free_hours"] for f in folds)
+    z, hours = bird_free(folds)
     present = np.concatenate([f["_present_logits"] for f in folds])
-    return [{"offset": float(b), "false_detections_per_hour": float((z >= thr + b).sum() / hours) if hours else float("nan"),
-             "recall_at_default": float(np.mean(present >= thr + b)) if len(present) else float("nan")}
-            for b in offsets]
+    return [{"offset": float(b), **at_offset(z, hours, present, b, min_conf)} for b in offsets]
 
 
 def calibrate(folds: list[dict], min_conf: float = DEFAULT_MIN_CONF,
@@ -185,20 +199,15 @@ def calibrate(folds: list[dict], min_conf: float = DEFAULT_MIN_CONF,
     judged on its own (false detections per hour and recall where the teacher hears the focal species).
     Returns (the offset chosen on all folds, for the final model; each fold's calibrated figures). An offset
     changes no ranking: top-1, top-5 and AP stay as they are."""
-    thr = logit(np.array([min_conf]))[0]
+    def choose(group: list[dict]) -> float:
+        b = offset_for(*bird_free(group), min_conf, target_per_hour)
+        return recall_capped(b, np.concatenate([g["_present_logits"] for g in group]), min_conf, kept)
+
     out = []
     for k, f in enumerate(folds):
-        others = [g for j, g in enumerate(folds) if j != k]
-        b = offset_for(np.concatenate([g["_bird_free_logits"] for g in others]),
-                       sum(g["_bird_free_hours"] for g in others), min_conf, target_per_hour)
-        b = recall_capped(b, np.concatenate([g["_present_logits"] for g in others]), min_conf, kept)
-        n = int((f["_bird_free_logits"] >= thr + b).sum())
-        present = f["_present_logits"]
-        out.append({"offset": round(b, 4), "false_detections_per_hour": n / f["_bird_free_hours"] if f["_bird_free_hours"] else float("nan"),
-                    "recall_at_default": float(np.mean(present >= thr + b)) if len(present) else float("nan")})
-    b_all = offset_for(np.concatenate([f["_bird_free_logits"] for f in folds]), sum(f["_bird_free_hours"] for f in folds),
-                       min_conf, target_per_hour)
-    return recall_capped(b_all, np.concatenate([f["_present_logits"] for f in folds]), min_conf, kept), out
+        b = choose([g for j, g in enumerate(folds) if j != k])
+        out.append({"offset": round(b, 4), **at_offset(*bird_free([f]), f["_present_logits"], b, min_conf)})
+    return choose(folds), out
 
 
 def public(m: dict) -> dict:

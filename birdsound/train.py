@@ -56,7 +56,7 @@ class TrainConfig:
     frontend: dict | None = None  # MelFrontEnd settings (None: defaults)
     pretrained: str | None = None  # EfficientAT mn04 weights to start the "mn" backbone from
     calibrate: bool = True  # with cross-validation: shift logits so bird-free audio stays quiet
-    false_detections_target: float = 2.0  # per hour of bird-free audio at min_conf 0.25, what the shift aims at
+    false_detections_target: float = crossval.FALSE_DETECTIONS_TARGET  # per hour of bird-free audio at min_conf 0.25
 
 
 def apply_recipe(cfg: TrainConfig, recipe: str) -> TrainConfig:
@@ -232,9 +232,8 @@ def cross_validate(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: 
     if arrays_path:  # the held-out logits behind the calibration, for a later look at the trade-off
         os.makedirs(os.path.dirname(os.path.abspath(arrays_path)), exist_ok=True)
         np.savez_compressed(arrays_path, **{f"fold{k}{key}": f[key] for k, f in enumerate(results)
-                                            for key in ("_bird_free_logits", "_present_logits", "_free_recordings_logits",
-                                                                 "_free_files_logits", "_free_hours_by_source")},
-                            bird_free_hours=np.array([f["_bird_free_hours"] for f in results]))
+                                            for key in ("_present_logits", "_free_recordings_logits",
+                                                        "_free_files_logits", "_free_hours_by_source")})
     for f, c in zip(results, calibrated):
         f["calibrated"] = c
     log(f"calibration: logit offset {offset:.3f} (cross-fitted per fold: "

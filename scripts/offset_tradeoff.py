@@ -13,8 +13,7 @@ import json
 
 import numpy as np
 
-from birdsound.crossval import logit
-from birdsound.detect import DEFAULT_MIN_CONF
+from birdsound.crossval import at_offset
 
 
 def main() -> None:
@@ -28,18 +27,16 @@ def main() -> None:
     cat = lambda key: np.concatenate([z[f"fold{k}{key}"] for k in folds])  # noqa: E731
     rec, files, present = cat("_free_recordings_logits"), cat("_free_files_logits"), cat("_present_logits")
     hours = np.sum([z[f"fold{k}_free_hours_by_source"] for k in folds], axis=0)
-    thr = logit(np.array([DEFAULT_MIN_CONF]))[0]
     rows = []
     for b in np.arange(0.0, a.max + 1e-9, a.step):
-        n_rec, n_files = int((rec >= thr + b).sum()), int((files >= thr + b).sum())
+        fd = lambda logits, h: at_offset(logits, h, present, b)["false_detections_per_hour"]  # noqa: E731
         rows.append({"offset": round(float(b), 3),
-                     "fd_per_hour_validation_recordings": round(n_rec / hours[0], 2),
-                     "fd_per_hour_bird_free_files": round(n_files / hours[1], 2) if hours[1] else None,
-                     "fd_per_hour_all": round((n_rec + n_files) / hours.sum(), 2),
-                     "recall_at_default": round(float(np.mean(present >= thr + b)), 4)})
+                     "fd_per_hour_validation_recordings": round(fd(rec, hours[0]), 2),
+                     "fd_per_hour_bird_free_files": round(fd(files, hours[1]), 2) if hours[1] else None,
+                     "fd_per_hour_all": round(fd(np.concatenate([rec, files]), hours.sum()), 2),
+                     "recall_at_default": round(at_offset(rec, hours[0], present, b)["recall_at_default"], 4)})
     print(json.dumps({"hours": {"validation_recordings": float(hours[0]), "bird_free_files": float(hours[1])},
                       "present_windows": int(len(present)), "curve": rows}, indent=1))
-
 
 if __name__ == "__main__":
     main()

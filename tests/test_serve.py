@@ -168,6 +168,11 @@ def test_token_required_off_localhost(tone_model, burst_file):
         assert ok.status_code == 200 and ok.json()["detections"]
 
 
+# in the page: the clip name of the newest detection of today, as the dashboard's own fetch sees it
+FIRST_CLIP_JS = """async () => { const r = await fetch('/v1/detections?day=today');
+                                 const j = await r.json(); return j.detections[0].clip; }"""
+
+
 def test_dashboard_in_a_real_browser_shows_a_played_sound(tone_model, tmp_path):
     """Chromium opens the dashboard; a tone played into the clocked fake microphone appears as a detection
     within a few seconds of the sound, with a clip to play and today's tally; a second browser watches too."""
@@ -208,8 +213,7 @@ def test_dashboard_in_a_real_browser_shows_a_played_sound(tone_model, tmp_path):
                 seen = time.monotonic() - played
                 sync_api.expect(page.locator("#tally tbody")).to_contain_text("High Tone")
                 # asked for at once, the clip (written once its post-roll is recorded) is waited for, not a 404
-                first = page.evaluate("""async () => { const r = await fetch('/v1/detections?day=today');
-                                          const j = await r.json(); return j.detections[0].clip; }""")
+                first = page.evaluate(FIRST_CLIP_JS)
                 r = httpx.get(url + "v1/clips/" + first, timeout=15)
                 assert r.status_code == 200 and r.content[:4] == b"RIFF", (r.status_code, first)
                 page.screenshot(path=str(tmp_path / "dashboard.png"))
@@ -219,8 +223,7 @@ def test_dashboard_in_a_real_browser_shows_a_played_sound(tone_model, tmp_path):
                 # the history (from the SQLite log) shows it after a reload too, with a clip that plays
                 page.reload()
                 sync_api.expect(page.locator("#history li").first).to_contain_text("High Tone", timeout=8000)
-                src = page.evaluate("""async () => { const r = await fetch('/v1/detections?day=today');
-                                        const j = await r.json(); return j.detections[0].clip; }""")
+                src = page.evaluate(FIRST_CLIP_JS)
                 r = httpx.get(url + "v1/clips/" + src)
                 assert r.status_code == 200 and r.content[:4] == b"RIFF"
                 browser.close()
