@@ -16,7 +16,7 @@ import torch
 from .augment import crop
 from .dataset import Recording
 from .detect import DEFAULT_MIN_CONF
-from .teacher import NEG_P
+from .teacher import empty_on_grid, knows
 from .metrics import RECORDING_SCORES, false_detections, macro_ap, macro_auc, recording_scores, topk_accuracy
 
 EVAL_HOP_S = 1.5  # hop of validation windows for window and recording metrics
@@ -62,14 +62,16 @@ def full_window_starts(power: torch.Tensor, window_frames: int, hop_frames: int)
     return list(range(0, max(1, power.shape[1] - window_frames + 1), hop_frames))
 
 
-def bird_free_windows(r: Recording, window_frames: int, frame_rate: float, hop_s: float) -> list[int]:
+def bird_free_windows(r: Recording, columns: list[int], window_frames: int, frame_rate: float,
+                      hop_s: float) -> list[int]:
     """Start frames of the default-setting windows (hop = window) of `r` in which the teacher hears
-    none of our species (its window at the same start scores every one of them below NEG_P)."""
+    none of our species (its window at the same start scores every one of them below NEG_P); none where
+    the teacher lacks one of `r`'s species (label indices `columns`)."""
     t = r.teacher
-    if t is None:
+    if t is None or not knows(t, columns):
         return []
-    empty = {int(f) for f, m in zip(t.frames, t.ours_max) if m < NEG_P}
     hop = int(round(hop_s * frame_rate))
+    empty = {int(f) for f in empty_on_grid(t.frames, t.ours_max, hop)}
     return [s for s in full_window_starts(r.power, window_frames, hop) if s in empty]
 
 
@@ -103,10 +105,11 @@ def validate(net, prep, recs: list[Recording], negatives: list[Recording] = ()) 
         out[f"recording_top5_{method}"] = topk_accuracy(y, R, 5)
     # false detections at default settings: windows of window_s, no overlap
     fd = {}
-    free = [window_probs(net, r.power, s, wf) for r in recs if (s := bird_free_windows(r, wf, fps, window_s))]
+    free = [window_probs(net, r.power, s, wf) for r in recs
+            if (s := bird_free_windows(r, [index[lab] for lab in r.labels], wf, fps, window_s))]
     fd["validation_recordings"] = false_detections(np.concatenate(free) if free else np.zeros((0, len(labels))),
                                                    window_s, DEFAULT_MIN_CONF)
-    neg = [window_probs(net, r.power, s, wf) for r in negatives if (s := bird_free_windows(r, wf, fps, window_s))]
+    neg = [window_probs(net, r.power, s, wf) for r in negatives if (s := bird_free_windows(r, [], wf, fps, window_s))]
     if neg:
         fd["bird_free_files"] = false_detections(np.concatenate(neg), window_s, DEFAULT_MIN_CONF)
     hours = sum(v["hours"] for v in fd.values())

