@@ -3,7 +3,7 @@ Prints JSON (not a test): for each logit offset, false detections per hour at mi
 teacher-empty windows of validation recordings and on bird-free files, and the recall where the
 teacher hears the focal species.
 
-    python scripts/offset_tradeoff.py runs/v2/cv_logits.npz [--step 0.25] [--max 8]
+    python scripts/offset_tradeoff.py runs/v3/cv_logits.npz [--step 0.25] [--max 8]
 """
 
 from __future__ import annotations
