@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .dataset import Recording
-from .teacher import NEG_P, knows
+from .teacher import empty
 
 CANDIDATE_STEP_FRAMES = 8  # spacing of candidate training windows of recordings without a teacher
 POS_P = 0.2  # teacher probability of the focal species that makes a window a species window
@@ -132,8 +132,8 @@ class Sampler:
         self.quiet = [(r.power, r.quiet) for r in recs if r.quiet is not None and len(r.quiet)]
         # teacher-empty windows of every recording (and of bird-free files run through the teacher)
         # (not of recordings of a species the teacher lacks: its silence there is no evidence)
-        self.negatives = [(r, np.flatnonzero(r.teacher.ours_max < NEG_P)) for r in list(recs) + list(negative_recs)
-                          if r.teacher is not None and knows(r.teacher, [self.index[lab] for lab in r.labels])]
+        self.negatives = [(r, np.flatnonzero(empty(r.teacher, [self.index[lab] for lab in r.labels])))
+                          for r in list(recs) + list(negative_recs) if r.teacher is not None]
         self.negatives = [(r, j) for r, j in self.negatives if len(j)]
 
     def _positive_candidates(self, r: Recording, c: int):

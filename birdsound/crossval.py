@@ -16,7 +16,7 @@ import torch
 from .augment import crop
 from .dataset import Recording
 from .detect import DEFAULT_MIN_CONF
-from .teacher import empty_on_grid, knows
+from .teacher import empty, on_grid
 from .metrics import RECORDING_SCORES, false_detections, macro_ap, macro_auc, recording_scores, topk_accuracy
 
 EVAL_HOP_S = 1.5  # hop of validation windows for window and recording metrics
@@ -68,11 +68,11 @@ def bird_free_windows(r: Recording, columns: list[int], window_frames: int, fram
     none of our species (its window at the same start scores every one of them below NEG_P); none where
     the teacher lacks one of `r`'s species (label indices `columns`)."""
     t = r.teacher
-    if t is None or not knows(t, columns):
+    if t is None:
         return []
     hop = int(round(hop_s * frame_rate))
-    empty = {int(f) for f in empty_on_grid(t.frames, t.ours_max, hop)}
-    return [s for s in full_window_starts(r.power, window_frames, hop) if s in empty]
+    free = {int(f) for f in t.frames[empty(t, columns) & on_grid(t.frames, hop)]}
+    return [s for s in full_window_starts(r.power, window_frames, hop) if s in free]
 
 
 def validate(net, prep, recs: list[Recording], negatives: list[Recording] = ()) -> dict:

@@ -92,7 +92,7 @@ def teacher_free_windows(model: Classifier, files: dict[str, list[int]], cache_d
     out = {}
     for p, o in outs.items():
         t = tc.targets_for(o, mapping, 1.0)  # frame rate 1: frames are seconds
-        out[p] = tc.empty_on_grid(o.starts_s, t.ours_max, model.meta.window_s) if tc.knows(t, files[p]) else o.starts_s[:0]
+        out[p] = o.starts_s[tc.empty(t, files[p]) & tc.on_grid(o.starts_s, model.meta.window_s)]
     return out
 
 

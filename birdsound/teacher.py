@@ -92,20 +92,20 @@ def targets_for(out: TeacherOutput, mapping: np.ndarray, frame_rate: float) -> T
                           ours_max.astype(np.float32), sigmoid(lg[:, others]).max(axis=1).astype(np.float32))
 
 
-def knows(t: TeacherTargets, columns) -> bool:
-    """Whether the teacher has a label for each of our label indices `columns`: only then does its silence say
-    that a window is free of them (a user's species BirdNET lacks is never "teacher-empty")."""
-    return all(not np.isnan(t.probs[:, c]).all() for c in columns)
+def empty(t: TeacherTargets, columns) -> np.ndarray:
+    """Mask of `t`'s windows that hold none of our species (every probability below NEG_P). All False where the
+    teacher lacks one of `columns` (the recording's species, as our label indices): its silence on a species it
+    does not know is no evidence (a user's species BirdNET lacks is never "teacher-empty")."""
+    if not all(not np.isnan(t.probs[:, c]).all() for c in columns):
+        return np.zeros(len(t.ours_max), bool)
+    return t.ours_max < NEG_P
 
 
-def empty_on_grid(starts: np.ndarray, ours_max: np.ndarray, step: float) -> np.ndarray:
-    """The `starts` of teacher windows that hold none of our species (every probability below NEG_P) and
-    lie on a grid of `step` from 0 (the windows at default settings); `starts` and `step` in one unit
-    (seconds or frames)."""
-    starts = np.asarray(starts)
-    r = np.mod(starts, step)
-    on_grid = np.isclose(r, 0) | np.isclose(r, step)
-    return starts[(np.asarray(ours_max) < NEG_P) & on_grid]
+def on_grid(starts: np.ndarray, step: float) -> np.ndarray:
+    """Mask of the `starts` that lie on a grid of `step` from 0 (the windows at default settings); `starts` and
+    `step` in one unit (seconds or frames)."""
+    r = np.mod(np.asarray(starts), step)
+    return np.isclose(r, 0) | np.isclose(r, step)
 
 
 def model_dir() -> str:

@@ -15,6 +15,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -121,8 +122,6 @@ def main() -> None:
             shutil.copy(clip, os.path.join(folder, f"clip{i:03d}.wav"))
         model = ["-m", a.model] if a.model else []
         # the CLI on the same clips (one process, all cores)
-        import resource
-
         t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run([sys.executable, "-m", "birdsound", "analyze", folder, "-o", os.path.join(tmp, "out"),
                         "--rtype", "json", "-q", *model], check=True, capture_output=True)

@@ -139,13 +139,17 @@ def test_teacher_targets_map_our_labels_with_synonyms():
 
 
 def test_teacher_empty_windows_on_the_default_grid_in_seconds_and_frames():
-    from birdsound.teacher import NEG_P, empty_on_grid
+    from birdsound.teacher import NEG_P, TeacherTargets, empty, on_grid
     ours_max = np.array([0.01, 0.01, 0.9, 0.01, NEG_P, 0.0, 0.02])
+    probs = np.stack([ours_max, np.full(7, np.nan)], axis=1)  # label 0 known to the teacher, label 1 not
     starts_s = np.arange(7.0)  # the teacher's 1 s hop
-    assert empty_on_grid(starts_s, ours_max, 3.0).tolist() == [0.0, 3.0, 6.0]  # 1 s and 4 s: off the grid
-    assert empty_on_grid(starts_s, ours_max, 1.0).tolist() == [0.0, 1.0, 3.0, 5.0, 6.0]  # 2 s hears a bird
-    frames = (starts_s * 100).astype(int)  # the same windows in mel frames: the same choice
-    assert empty_on_grid(frames, ours_max, 300).tolist() == [0, 300, 600]
+    frames = (starts_s * 100).astype(int)  # the same windows in mel frames
+    t = TeacherTargets(frames, probs, probs, np.zeros((7, 4)), ours_max, np.zeros(7))
+    free = empty(t, [0])
+    assert starts_s[free & on_grid(starts_s, 3.0)].tolist() == [0.0, 3.0, 6.0]  # 1 s and 4 s: off the grid
+    assert starts_s[free & on_grid(starts_s, 1.0)].tolist() == [0.0, 1.0, 3.0, 5.0, 6.0]  # 2 s hears a bird
+    assert frames[free & on_grid(frames, 300)].tolist() == [0, 300, 600]  # in frames: the same choice
+    assert not empty(t, [0, 1]).any()  # a recording of label 1, which the teacher lacks: no window is free
 
 
 @pytest.fixture(scope="module")
