@@ -25,6 +25,7 @@ from .teacher import empty
 
 CANDIDATE_STEP_FRAMES = 8  # spacing of candidate training windows of recordings without a teacher
 POS_P = 0.2  # teacher probability of the focal species that makes a window a species window
+OTHER_P = 0.2  # teacher probability of a label not of ours (another bird, speech) that makes a window "heard"
 JITTER_S = 0.5  # student crops start up to this far from their teacher window's start
 
 
@@ -38,6 +39,8 @@ class SamplerConfig:
     snr_db: tuple[float, float] = (-3.0, 25.0)
     hard_weight: float = 0.5  # target = hard_weight * weak label + (1 - hard_weight) * teacher
     real_negative_share: float = 0.5  # of negatives: teacher-empty real windows (when a teacher is used)
+    other_share: float = 0.0  # of those: windows where the teacher hears something not of ours (other birds,
+    #                           speech; other_max >= OTHER_P), the open-set errors; 0: drawn like any other
     stretch_p: float = 0.0  # chance of a time stretch by up to +-stretch (tempo of song differs between birds)
     stretch: float = 0.15
     shift_p: float = 0.0  # chance of shifting the mel bins by up to +-shift_bins (pitch differs a little)
@@ -135,6 +138,8 @@ class Sampler:
         self.negatives = [(r, np.flatnonzero(empty(r.teacher, [self.index[lab] for lab in r.labels])))
                           for r in list(recs) + list(negative_recs) if r.teacher is not None]
         self.negatives = [(r, j) for r, j in self.negatives if len(j)]
+        self.other_negatives = [(r, j[r.teacher.other_max[j] >= OTHER_P]) for r, j in self.negatives]
+        self.other_negatives = [(r, j) for r, j in self.other_negatives if len(j)]
 
     def _positive_candidates(self, r: Recording, c: int):
         t = r.teacher
@@ -198,7 +203,10 @@ class Sampler:
         zero = np.zeros(self.n, np.float32)
         u = self.rng.random()
         if self.negatives and u < self.cfg.real_negative_share:
-            r, rows = self.rng.choice(self.negatives)
+            pool = self.negatives
+            if self.cfg.other_share and self.other_negatives and self.rng.random() < self.cfg.other_share:
+                pool = self.other_negatives
+            r, rows = self.rng.choice(pool)
             j = int(self.rng.choice(rows))
             y, kd, emb = self._targets(r, j, zero)
             return _Item(self._at(r, int(r.teacher.frames[j]) + self.rng.randint(-self.jitter, self.jitter)), y, kd, emb)

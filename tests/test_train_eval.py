@@ -261,3 +261,34 @@ def test_synthetic_species_recognised_by_the_smoke_model(small_model):
     got = [m.labels[int(np.argmax(m.predict(synth_call(kind, 3.0, seed=50)[None])[0]))]
            for kind in SYNTH_SPECIES.values()]
     assert sum(g == lab for g, lab in zip(got, SYNTH_SPECIES)) >= 2
+
+
+def test_sampler_other_share_draws_negatives_where_the_teacher_hears_something_not_ours():
+    """Open-set errors are learnt from windows where BirdNET hears another bird (or speech) and none of ours:
+    with other_share 1 every real negative comes from such a window; with 0 from any teacher-empty window."""
+    from birdsound.augment import Sampler, SamplerConfig
+    from birdsound.dataset import Recording
+    from birdsound.teacher import TeacherTargets
+
+    fps, wf, n_win = 50.0, 150, 10
+    labels = ["Avis alpha_Alpha", "Avis beta_Beta"]
+    recs = []
+    for k, lab in enumerate(labels):
+        probs = np.full((n_win, 2), 0.01, np.float32)
+        probs[:5, k] = 0.9  # the focal bird in the first five windows, nothing of ours after
+        other = np.full(n_win, 0.01, np.float32)
+        other[7] = 0.95  # ... but another bird in window 7
+        t = TeacherTargets(np.arange(n_win) * 50, probs, np.log(probs / (1 - probs)),
+                           np.zeros((n_win, 4), np.float16), probs.max(axis=1), other)
+        power = torch.arange(n_win * 50 + wf, dtype=torch.float32).repeat(8, 1) + 1  # each frame's value = its index + 1
+        recs.append(Recording(f"{lab}.wav", [lab], power=power, starts=np.arange(0, 250, 8), teacher=t))
+
+    def negative_starts(other_share):
+        cfg = SamplerConfig(real_negative_share=1.0, other_share=other_share)
+        s = Sampler(recs, labels, [torch.ones(8, 400)], wf, fps, 0, cfg)
+        return [int(s.negative_window().x[0, 0]) - 1 for _ in range(200)]
+
+    heard = negative_starts(1.0)
+    assert all(350 - 25 <= x <= 350 + 25 for x in heard), sorted(set(heard))
+    anywhere = negative_starts(0.0)
+    assert all(250 - 25 <= x <= 450 + 25 for x in anywhere) and sum(abs(x - 350) > 25 for x in anywhere) > 100
