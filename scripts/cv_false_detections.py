@@ -20,14 +20,9 @@ import sys
 import numpy as np
 
 from birdsound import crossval
-from birdsound.teacher import TEACHER_HOP_S, cache_path, load_cached, teacher_labels
+from birdsound.augment import OTHER_P
+from birdsound.teacher import TEACHER_HOP_S, cache_path, load_cached, map_labels, sigmoid, teacher_labels
 from birdsound.trainset import load_training_data
-
-OTHER_BIRD_P = 0.2  # BirdNET probability at which a label not of ours counts as "heard there"
-
-
-def sigmoid(z):
-    return 1 / (1 + np.exp(-z))
 
 
 def main():
@@ -46,7 +41,8 @@ def main():
         sys.exit(f"{a.data}: labels differ from {a.run}/metrics.json")
     index = {lab: i for i, lab in enumerate(prep.labels)}
     theirs = teacher_labels()
-    ours_in_theirs = {lab.split("_")[0] for lab in prep.labels}
+    ours_in_theirs = set(map_labels(prep.labels, theirs).tolist())  # by scientific name, with synonyms
+    cached = {}
     thr = crossval.threshold()
     report = {"run": a.run, "logit_offset": offset, "folds": []}
     for k, _, va in crossval.fold_splits(prep.recs, k_folds, seed):
@@ -63,11 +59,13 @@ def main():
             dets = []
             for (r, s), zz in zip(rows, z):
                 for c in np.where(zz >= thr + b)[0]:
-                    t = load_cached(cache_path(a.teacher_cache, r.path, TEACHER_HOP_S))
+                    if r.path not in cached:
+                        cached[r.path] = load_cached(cache_path(a.teacher_cache, r.path, TEACHER_HOP_S))
+                    t = cached[r.path]
                     i = int(np.argmin(np.abs(t.starts_s - s / prep.frame_rate)))
                     p = sigmoid(t.logits[i].astype(np.float64))
                     top = int(np.argmax(p))
-                    other = bool(p[top] >= OTHER_BIRD_P and theirs[top].split("_")[0] not in ours_in_theirs)
+                    other = bool(p[top] >= OTHER_P and top not in ours_in_theirs)
                     dets.append({"file": os.path.basename(r.path), "start_s": round(s / prep.frame_rate, 2),
                                  "focal": r.labels[0], "named": prep.labels[c],
                                  "confidence": round(float(sigmoid(zz[c] - b)), 3),
