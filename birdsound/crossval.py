@@ -86,9 +86,10 @@ def validate(net, prep, recs: list[Recording], negatives: list[Recording] = ()) 
     wf, fps = prep.window_frames, prep.frame_rate
     hop = int(round(EVAL_HOP_S * fps))
     window_s = prep.window_s  # default settings: windows of the model's length, no overlap
-    T, S, true, per_rec = [], [], [], []
+    T, S, true, per_rec, starts = [], [], [], [], []
     for r in recs:
-        probs = window_probs(net, r.power, full_window_starts(r.power, wf, hop), wf)
+        starts.append(full_window_starts(r.power, wf, hop))
+        probs = window_probs(net, r.power, starts[-1], wf)
         t = np.zeros_like(probs)
         for lab in r.labels:
             t[:, index[lab]] = 1
@@ -105,8 +106,8 @@ def validate(net, prep, recs: list[Recording], negatives: list[Recording] = ()) 
         out[f"recording_top5_{method}"] = topk_accuracy(y, R, 5)
     # false detections at default settings: windows of window_s, no overlap
     fd = {}
-    free = [window_probs(net, r.power, s, wf) for r in recs
-            if (s := bird_free_windows(r, [index[lab] for lab in r.labels], wf, fps, window_s))]
+    free_starts = [bird_free_windows(r, [index[lab] for lab in r.labels], wf, fps, window_s) for r in recs]
+    free = [window_probs(net, r.power, s, wf) for r, s in zip(recs, free_starts) if s]
     fd["validation_recordings"] = false_detections(np.concatenate(free) if free else np.zeros((0, len(labels))),
                                                    window_s, DEFAULT_MIN_CONF)
     neg = [window_probs(net, r.power, s, wf) for r in negatives if (s := bird_free_windows(r, [], wf, fps, window_s))]
@@ -124,7 +125,31 @@ def validate(net, prep, recs: list[Recording], negatives: list[Recording] = ()) 
                if (s := present_windows(r, index[r.labels[0]], wf, fps, window_s))]
     out["_present_logits"] = np.concatenate(present) if present else np.zeros(0)
     out["recall_at_default"] = at_offset(np.zeros(0), 0.0, out["_present_logits"], 0.0)["recall_at_default"]
+    # which window is which, so that a later look (scripts/cv_*.py) needs neither the audio nor the folds
+    out.update(held_out_windows(recs, labels, starts, S, free_starts, fps))
     return out
+
+
+def held_out_windows(recs: list[Recording], labels: list[str], starts: list[list[int]], probs: np.ndarray,
+                     free_starts: list[list[int]], frame_rate: float) -> dict:
+    """The held-out windows of :func:`validate` with their identity: every evaluation window's logits
+    ``[N, C]`` (float32) with its recording (an index into ``_recording_files``) and start (s), the same
+    identity for the bird-free windows behind ``_free_recordings_logits`` (row-major ``[M, C]``), and each
+    recording's file, focal species (its first label) and labels (``[R, C]``, 0/1)."""
+    def ids(per_rec: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        rec = np.concatenate([np.full(len(s), i) for i, s in enumerate(per_rec)] + [np.zeros(0)])
+        start = np.concatenate([np.asarray(s, dtype=np.float64) for s in per_rec] + [np.zeros(0)])
+        return rec.astype(np.int32), (start / frame_rate).astype(np.float32)
+
+    index = {lab: i for i, lab in enumerate(labels)}
+    window_rec, window_start = ids(starts)
+    free_rec, free_start = ids(free_starts)
+    return {"_window_logits": logit(probs).astype(np.float32), "_window_recording": window_rec,
+            "_window_start_s": window_start, "_free_recordings_recording": free_rec,
+            "_free_recordings_start_s": free_start, "_recording_files": np.array([r.path for r in recs]),
+            "_recording_focal": np.array([index[r.labels[0]] for r in recs], dtype=np.int32),
+            "_recording_targets": np.array([[lab in r.labels for lab in labels] for r in recs], dtype=np.uint8),
+            "_labels": np.array(labels)}
 
 
 def logit(p: np.ndarray) -> np.ndarray:

@@ -231,9 +231,8 @@ def cross_validate(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: 
     curve = crossval.offset_curve(results)
     if arrays_path:  # the held-out logits behind the calibration, for a later look at the trade-off
         os.makedirs(os.path.dirname(os.path.abspath(arrays_path)), exist_ok=True)
-        np.savez_compressed(arrays_path, **{f"fold{k}{key}": f[key] for k, f in enumerate(results)
-                                            for key in ("_present_logits", "_free_recordings_logits",
-                                                        "_free_files_logits", "_free_hours_by_source")})
+        np.savez_compressed(arrays_path, **{f"fold{k}{key}": v for k, f in enumerate(results)
+                                            for key, v in f.items() if key.startswith("_")})
     for f, c in zip(results, calibrated):
         f["calibrated"] = c
     log(f"calibration: logit offset {offset:.3f} (cross-fitted per fold: "

@@ -48,6 +48,19 @@ def test_train_with_folds_reports_cross_validation_and_writes_a_card(synth_datas
         assert f["n_recordings"] == 3 and 0.0 <= f["recording_top1"] <= 1.0
         assert f["false_detections"]["validation_recordings"]["detections"] >= 0
     assert cv["recording_score"] in ("top25", "top3", "max", "mean", "lme")
+    # the held-out windows keep their identity: the fold's recording top-1 comes back from them alone
+    from birdsound.metrics import recording_scores, topk_accuracy
+    z = np.load(out / "cv_logits.npz")
+    files = [set(z[f"fold{k}_recording_files"]) for k in (0, 1)]
+    assert not files[0] & files[1] and len(files[0] | files[1]) == 6
+    for k, f in enumerate(cv["folds"]):
+        w, rec = z[f"fold{k}_window_logits"], z[f"fold{k}_window_recording"]
+        assert w.shape == (len(rec), len(rep["labels"])) == (len(z[f"fold{k}_window_start_s"]), len(rep["labels"]))
+        probs = 1 / (1 + np.exp(-w.astype(np.float64)))
+        R = np.stack([recording_scores(probs[rec == i], cv["recording_score"]) for i in range(f["n_recordings"])])
+        assert topk_accuracy(z[f"fold{k}_recording_focal"], R, 1) == pytest.approx(f["recording_top1"])
+        n_free = len(z[f"fold{k}_free_recordings_logits"]) // len(rep["labels"])
+        assert len(z[f"fold{k}_free_recordings_recording"]) == n_free == len(z[f"fold{k}_free_recordings_start_s"])
     card = open(out / "MODEL_CARD.md").read()
     assert "Cross-validated metrics (2 folds" in card and "recording top-1" in card
     assert (out / "model.pt").exists()
