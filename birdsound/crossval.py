@@ -201,15 +201,14 @@ def offset_for(bird_free_logits: np.ndarray, hours: float, min_conf: float = DEF
 
 def recall_capped(offset: float, present_logits: np.ndarray, min_conf: float = DEFAULT_MIN_CONF,
                   kept: float = RECALL_KEPT) -> float:
-    """`offset`, lowered (in steps of 0.01) until the recall where the bird is there stays at least `kept` of
+    """`offset`, lowered as little as needed for the recall where the bird is there to stay at least `kept` of
     the recall without an offset: silence bought with all of the recall makes a detector that hears nothing."""
     if not len(present_logits) or offset <= 0:
         return offset
     thr = threshold(min_conf)
-    floor = kept * np.mean(present_logits >= thr)
-    bs = np.arange(0.0, offset + 1e-9, 0.01)
-    ok = [b for b in bs if np.mean(present_logits >= thr + b) >= floor]
-    return float(min(offset, max(ok))) if ok else 0.0
+    z = np.sort(np.asarray(present_logits))[::-1]
+    need = int(np.ceil(kept * np.sum(z >= thr) - 1e-9))  # windows that must stay detections
+    return float(min(offset, max(0.0, z[need - 1] - thr))) if need else offset
 
 
 def offset_curve(folds: list[dict], offsets=np.arange(0.0, 8.01, 0.5), min_conf: float = DEFAULT_MIN_CONF) -> list[dict]:

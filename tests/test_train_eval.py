@@ -305,3 +305,19 @@ def test_sampler_other_share_draws_negatives_where_the_teacher_hears_something_n
     assert all(350 - 25 <= x <= 350 + 25 for x in heard), sorted(set(heard))
     anywhere = negative_starts(0.0)
     assert all(250 - 25 <= x <= 450 + 25 for x in anywhere) and sum(abs(x - 350) > 25 for x in anywhere) > 100
+
+
+def test_calibration_offset_meets_the_false_detection_target_unless_it_costs_over_a_quarter_of_the_recall():
+    from birdsound import crossval
+    thr = crossval.threshold()
+    free = thr + np.array([3.0, 2.0, 1.0, 0.5, -1.0, -2.0])  # 4 false detections without an offset
+    present = thr + np.array([4.0, 3.0, 2.5, 1.5, 0.837, 0.2, -1.0, -3.0])  # 6 of 8 detected without an offset
+    # 1 false detection allowed (0.5 h at 2/h): the offset must pass 2.0 above the threshold ...
+    b = crossval.offset_for(free, 0.5)
+    assert crossval.at_offset(free, 0.5, present, b)["false_detections_per_hour"] == 2.0 and 2.0 < b < 2.01
+    # ... which keeps 3 of 8 present windows; 3/4 of 6 means 5 must stay: lowered to exactly the 5th (0.837)
+    capped = crossval.recall_capped(b, present)
+    assert capped == pytest.approx(0.837, abs=1e-9)
+    assert crossval.at_offset(free, 0.5, present, capped)["recall_at_default"] == 5 / 8
+    assert crossval.at_offset(free, 0.5, present, capped + 1e-3)["recall_at_default"] == 4 / 8
+    assert crossval.recall_capped(0.5, present) == 0.5  # an offset that costs little is kept as it is
