@@ -19,6 +19,7 @@ from collections import Counter
 import numpy as np
 
 from birdsound.metrics import macro_ap, recording_scores
+from birdsound.teacher import sigmoid
 
 
 def main():
@@ -34,7 +35,7 @@ def main():
     method = cv["recording_score"]
     rows, targets, scores = [], [], []
     for k in range(cv["k"]):
-        probs = 1 / (1 + np.exp(-z[f"fold{k}_window_logits"].astype(np.float64)))
+        probs = sigmoid(z[f"fold{k}_window_logits"].astype(np.float64))
         rec, focal = z[f"fold{k}_window_recording"], z[f"fold{k}_recording_focal"]
         files, rtargets = z[f"fold{k}_recording_files"], z[f"fold{k}_recording_targets"]
         targets.append(rtargets[rec])
