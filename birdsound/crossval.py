@@ -126,30 +126,27 @@ def validate(net, prep, recs: list[Recording], negatives: list[Recording] = ()) 
     out["_present_logits"] = np.concatenate(present) if present else np.zeros(0)
     out["recall_at_default"] = at_offset(np.zeros(0), 0.0, out["_present_logits"], 0.0)["recall_at_default"]
     # which window is which, so that a later look (scripts/cv_*.py) needs neither the audio nor the folds
-    out.update(held_out_windows(recs, labels, starts, S, free_starts, fps))
+    out.update(held_out_windows(recs, labels, y, starts, S, free_starts, fps))
     return out
 
 
-def held_out_windows(recs: list[Recording], labels: list[str], starts: list[list[int]], probs: np.ndarray,
-                     free_starts: list[list[int]], frame_rate: float) -> dict:
+def held_out_windows(recs: list[Recording], labels: list[str], focal: np.ndarray, starts: list[list[int]],
+                     probs: np.ndarray, free_starts: list[list[int]], frame_rate: float) -> dict:
     """The held-out windows of :func:`validate` with their identity: every evaluation window's logits
     ``[N, C]`` (float32) with its recording (an index into ``_recording_files``) and start (s), the same
     identity for the bird-free windows behind ``_free_recordings_logits`` (row-major ``[M, C]``), and each
-    recording's file, focal species (its first label) and labels (``[R, C]``, 0/1)."""
+    recording's file, focal species (label index) and labels (``[R, C]``, 0/1)."""
     def ids(per_rec: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        rec = np.concatenate([np.full(len(s), i) for i, s in enumerate(per_rec)] + [np.zeros(0)])
-        start = np.concatenate([np.asarray(s, dtype=np.float64) for s in per_rec] + [np.zeros(0)])
-        return rec.astype(np.int32), (start / frame_rate).astype(np.float32)
+        rec = np.repeat(np.arange(len(per_rec), dtype=np.int32), [len(s) for s in per_rec])
+        return rec, (np.array([x for s in per_rec for x in s], dtype=np.float64) / frame_rate).astype(np.float32)
 
-    index = {lab: i for i, lab in enumerate(labels)}
     window_rec, window_start = ids(starts)
     free_rec, free_start = ids(free_starts)
     return {"_window_logits": logit(probs).astype(np.float32), "_window_recording": window_rec,
             "_window_start_s": window_start, "_free_recordings_recording": free_rec,
             "_free_recordings_start_s": free_start, "_recording_files": np.array([r.path for r in recs]),
-            "_recording_focal": np.array([index[r.labels[0]] for r in recs], dtype=np.int32),
-            "_recording_targets": np.array([[lab in r.labels for lab in labels] for r in recs], dtype=np.uint8),
-            "_labels": np.array(labels)}
+            "_recording_focal": focal.astype(np.int32),
+            "_recording_targets": np.array([[lab in r.labels for lab in labels] for r in recs], dtype=np.uint8)}
 
 
 def logit(p: np.ndarray) -> np.ndarray:

@@ -37,14 +37,12 @@ def main():
     for k in range(cv["k"]):
         probs = sigmoid(z[f"fold{k}_window_logits"].astype(np.float64))
         rec, focal = z[f"fold{k}_window_recording"], z[f"fold{k}_recording_focal"]
-        files, rtargets = z[f"fold{k}_recording_files"], z[f"fold{k}_recording_targets"]
-        targets.append(rtargets[rec])
+        targets.append(z[f"fold{k}_recording_targets"][rec])
         scores.append(probs)
-        for i, f in enumerate(files):
-            r = recording_scores(probs[rec == i], method)
-            order = np.argsort(-r)
-            rows.append({"file": os.path.basename(str(f)), "focal": int(focal[i]), "fold": k,
-                         "rank": int(np.where(order == focal[i])[0][0]) + 1, "first": int(order[0])})
+        for i in range(len(focal)):
+            order = np.argsort(-recording_scores(probs[rec == i], method))
+            rows.append({"focal": int(focal[i]), "rank": int(np.where(order == focal[i])[0][0]) + 1,
+                         "first": int(order[0])})
     _, ap_per = macro_ap(np.concatenate(targets), np.concatenate(scores))
     species = []
     for c, lab in enumerate(labels):

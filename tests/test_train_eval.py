@@ -50,13 +50,14 @@ def test_train_with_folds_reports_cross_validation_and_writes_a_card(synth_datas
     assert cv["recording_score"] in ("top25", "top3", "max", "mean", "lme")
     # the held-out windows keep their identity: the fold's recording top-1 comes back from them alone
     from birdsound.metrics import recording_scores, topk_accuracy
+    from birdsound.teacher import sigmoid
     z = np.load(out / "cv_logits.npz")
     files = [set(z[f"fold{k}_recording_files"]) for k in (0, 1)]
     assert not files[0] & files[1] and len(files[0] | files[1]) == 6
     for k, f in enumerate(cv["folds"]):
         w, rec = z[f"fold{k}_window_logits"], z[f"fold{k}_window_recording"]
         assert w.shape == (len(rec), len(rep["labels"])) == (len(z[f"fold{k}_window_start_s"]), len(rep["labels"]))
-        probs = 1 / (1 + np.exp(-w.astype(np.float64)))
+        probs = sigmoid(w.astype(np.float64))
         R = np.stack([recording_scores(probs[rec == i], cv["recording_score"]) for i in range(f["n_recordings"])])
         assert topk_accuracy(z[f"fold{k}_recording_focal"], R, 1) == pytest.approx(f["recording_top1"])
         n_free = len(z[f"fold{k}_free_recordings_logits"]) // len(rep["labels"])
