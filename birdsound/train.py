@@ -112,13 +112,18 @@ def distillation_losses(logits: torch.Tensor, emb: torch.Tensor | None, batch, p
     return kd, el
 
 
+def new_net(prep: Prepared, cfg: TrainConfig) -> BirdNetLite:
+    """An untrained model for the dataset `prep` and the recipe `cfg`."""
+    sr = int(prep.frontend.mel.sample_rate)
+    return BirdNetLite(len(prep.labels), sr, frontend=prep.frontend.config(), backbone=cfg.backbone)
+
+
 def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str = "training",
-        evaluate=None) -> tuple[BirdNetLite, dict]:
+        evaluate=None, progress: bool = True) -> tuple[BirdNetLite, dict]:
     """Train a fresh model on `train_recs` for ``cfg.steps``; `evaluate(net, step)` (optional) is called
     every ``cfg.eval_every`` steps and at the end, its results kept in the history."""
     torch.manual_seed(cfg.seed)
-    sr = int(prep.frontend.mel.sample_rate)
-    net = BirdNetLite(len(prep.labels), sr, frontend=prep.frontend.config(), backbone=cfg.backbone)
+    net = new_net(prep, cfg)
     if cfg.pretrained:
         from .model import load_pretrained
         load_pretrained(net.backbone, cfg.pretrained)
@@ -132,7 +137,7 @@ def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str
                                                 pct_start=max(0.1, 3.0 / cfg.steps))
     history, running = [], None
     net.train()
-    bar = tqdm(range(1, cfg.steps + 1), desc=desc, leave=False)
+    bar = tqdm(range(1, cfg.steps + 1), desc=desc, leave=False, **({} if progress else {"disable": True}))
     for step in bar:
         b = sampler.batch(cfg.batch_size)
         emb = net.backbone(spec_augment(net.frontend.normalize(b.x), rng))
@@ -161,8 +166,12 @@ def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str
 def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 0, cv_only: bool = False,
           negatives: list[str] = (), val_negatives: list[str] = (), model_version: str | None = None,
           license: str = "same terms as the training recordings", cache_dir: str | None = None,
-          log=tqdm.write) -> dict:
-    """Train (optionally cross-validate first) and save ``model.pt``, ``metrics.json``, ``MODEL_CARD.md``."""
+          log=tqdm.write, jobs: int = 1) -> dict:
+    """Train (optionally cross-validate first) and save ``model.pt``, ``metrics.json``, ``MODEL_CARD.md``.
+
+    With `jobs` > 1 the folds and the final model are fitted side by side in that many processes of one
+    thread each (the final model does not depend on the folds: their calibration is applied to it after).
+    """
     from .modelcard import model_card
 
     cfg = cfg or TrainConfig()
@@ -175,14 +184,19 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
     report: dict = {"data": data, "labels": prep.labels, "n_recordings": len(prep.recs), "config": asdict(cfg),
                     "negatives": list(negatives), "audio_s": float(sum(r.power.shape[1] for r in prep.recs) / prep.frame_rate)}
     score_method, offset = "top25", 0.0
+    specs = cv_fits(prep, cfg, folds, val_negatives) if folds >= 2 else []
+    if not cv_only:
+        specs.append(FitSpec(prep.recs, cfg, "final model"))
+    fitted = run_fits(prep, specs, jobs, log=log)
     if folds >= 2:
-        cv = cross_validate(prep, cfg, folds, val_negatives, log=log, arrays_path=os.path.join(out_dir, "cv_logits.npz"))
+        cv = cv_report([info for _, info in fitted[:folds]], cfg, log=log,
+                       arrays_path=os.path.join(out_dir, "cv_logits.npz"))
         report["cross_validation"] = cv
         score_method = cv["recording_score"]
         offset = cv["logit_offset"] if cfg.calibrate else 0.0
     os.makedirs(out_dir, exist_ok=True)
     if not cv_only:
-        net, info = fit(prep, prep.recs, cfg, desc="final model")
+        net, info = fitted[-1]
         apply_offset(net, offset)
         version = model_version or time.strftime("birdsound-%Y%m%d")
         extra = {"recording_score": score_method, "logit_offset": round(offset, 4)}
@@ -202,24 +216,80 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
     return report
 
 
-def cross_validate(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: list[str] = (), log=print,
-                   arrays_path: str | None = None) -> dict:
-    """K-fold cross-validation by recording of the recipe `cfg`; returns the report with the final
-    step's metrics per fold, their mean, and the chosen recording aggregation."""
+@dataclass
+class FitSpec:
+    """One model to fit: its training recordings, recipe, progress label and validation callback."""
+
+    recs: list[Recording]
+    cfg: TrainConfig
+    desc: str
+    evaluate: object = None  # evaluate(net, step) -> dict, or None
+
+
+def cv_fits(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: list[str] = ()) -> list[FitSpec]:
+    """The fits of a k-fold cross-validation by recording of the recipe `cfg`, each validated on its
+    held-out recordings and on the bird-free files `val_negatives`."""
     neg = []
     if val_negatives:
         neg, errors = prepare([Recording(p, []) for p, _ in audio.find_audio_files(list(val_negatives))],
                               prep.frontend, prep.window_frames, desc="bird-free validation audio")
         if cfg.teacher:
             attach_teacher(neg, prep.labels, prep.frame_rate, prep.cache_dir)
-    results = []
+    specs = []
     for k, tr, va in crossval.fold_splits(prep.recs, folds, cfg.seed):
         def evaluate(net, step, va=va):
             m = crossval.validate(net, prep, va, neg)
             m["step"] = step
             return crossval.with_method(m, "top25")
 
-        _, info = fit(prep, tr, replace(cfg, seed=cfg.seed + k), desc=f"fold {k + 1}/{folds}", evaluate=evaluate)
+        specs.append(FitSpec(tr, replace(cfg, seed=cfg.seed + k), f"fold {k + 1}/{folds}", evaluate))
+    return specs
+
+
+_FORKED: list = []  # (prep, specs) of the running run_fits, read by its forked workers
+
+
+def _fit_forked(i: int) -> tuple[dict, dict]:
+    """Worker: fit spec `i` on one thread; the weights come back as numpy arrays."""
+    torch.set_num_threads(1)
+    prep, specs = _FORKED
+    s = specs[i]
+    net, info = fit(prep, s.recs, s.cfg, s.desc, s.evaluate, progress=False)
+    return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}, info
+
+
+def run_fits(prep: Prepared, specs: list[FitSpec], jobs: int = 1, log=print) -> list[tuple[BirdNetLite, dict]]:
+    """Fit every spec; with `jobs` > 1 in that many forked processes side by side. (net, info) per spec."""
+    t0 = time.time()
+    if jobs <= 1 or len(specs) <= 1:
+        out = []
+        for s in specs:
+            out.append(fit(prep, s.recs, s.cfg, s.desc, s.evaluate))
+            log(f"{s.desc}: fitted ({time.time() - t0:.0f} s)")
+        return out
+    import concurrent.futures
+    import multiprocessing
+
+    _FORKED[:] = [prep, specs]
+    out = []
+    try:
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(specs)), multiprocessing.get_context("fork")) as pool:
+            for s, (state, info) in zip(specs, pool.map(_fit_forked, range(len(specs)))):
+                net = new_net(prep, s.cfg)
+                net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+                out.append((net.eval(), info))
+                log(f"{s.desc}: fitted ({time.time() - t0:.0f} s, {min(jobs, len(specs))} processes)")
+    finally:
+        _FORKED.clear()
+    return out
+
+
+def cv_report(infos: list[dict], cfg: TrainConfig, log=print, arrays_path: str | None = None) -> dict:
+    """The cross-validation report of the fitted folds' `infos`: the final step's metrics per fold, their
+    mean, the chosen recording aggregation and the calibration offset."""
+    results = []
+    folds = len(infos)
+    for k, info in enumerate(infos):
         results.append(info["final"])
         keys = crossval.METRIC_KEYS + ("step",)
         results[-1]["history"] = [{key: h[key] for key in keys if key in h} for h in info["history"]]
@@ -253,4 +323,4 @@ def apply_offset(net: BirdNetLite, offset: float) -> BirdNetLite:
     return net
 
 
-__all__ = ["TrainConfig", "train", "fit", "cross_validate", "DatasetError", "ModelError"]
+__all__ = ["TrainConfig", "FitSpec", "train", "fit", "cv_fits", "run_fits", "cv_report", "DatasetError", "ModelError"]

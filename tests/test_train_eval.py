@@ -67,6 +67,30 @@ def test_train_with_folds_reports_cross_validation_and_writes_a_card(synth_datas
     assert (out / "model.pt").exists()
 
 
+def test_jobs_fit_folds_and_final_model_side_by_side_exactly_as_one_process(synth_dataset, tmp_path):
+    """--jobs: folds and final model in forked one-thread processes give the one-thread sequential run's
+    cross-validation and weights, bit for bit."""
+    from birdsound.train import TrainConfig, train
+    cfg = TrainConfig(steps=40, batch_size=16, eval_every=20)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seq = train(synth_dataset, str(tmp_path / "seq"), cfg, folds=2, log=lambda m: None)
+    finally:
+        torch.set_num_threads(n)
+    logs = []
+    par = train(synth_dataset, str(tmp_path / "par"), cfg, folds=2, log=logs.append, jobs=3)
+    assert any(m.startswith("final model: fitted") and "3 processes" in m for m in logs), logs
+    for a, b in zip(seq["cross_validation"]["folds"], par["cross_validation"]["folds"]):
+        assert a["recording_top1"] == b["recording_top1"] and a["window_macro_ap"] == b["window_macro_ap"]
+    assert seq["cross_validation"]["logit_offset"] == par["cross_validation"]["logit_offset"]
+    zs, zp = np.load(tmp_path / "seq" / "cv_logits.npz"), np.load(tmp_path / "par" / "cv_logits.npz")
+    assert sorted(zs.files) == sorted(zp.files) and all(np.array_equal(zs[k], zp[k]) for k in zs.files)
+    ws = torch.load(tmp_path / "seq" / "model.pt", weights_only=True)["state_dict"]
+    wp = torch.load(tmp_path / "par" / "model.pt", weights_only=True)["state_dict"]
+    assert ws.keys() == wp.keys() and all(torch.equal(ws[k], wp[k]) for k in ws)
+
+
 def test_fit_temperature_tames_overconfident_logits():
     from birdsound.headonly import fit_temperature
     rng = np.random.default_rng(0)
