@@ -119,9 +119,10 @@ def new_net(prep: Prepared, cfg: TrainConfig) -> BirdNetLite:
 
 
 def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str = "training",
-        evaluate=None, progress: bool = True) -> tuple[BirdNetLite, dict]:
+        evaluate=None, progress: bool = True, log=None) -> tuple[BirdNetLite, dict]:
     """Train a fresh model on `train_recs` for ``cfg.steps``; `evaluate(net, step)` (optional) is called
-    every ``cfg.eval_every`` steps and at the end, its results kept in the history."""
+    every ``cfg.eval_every`` steps and at the end, its results kept in the history. Without a progress bar,
+    `log` (optional) gets a line at those steps."""
     torch.manual_seed(cfg.seed)
     net = new_net(prep, cfg)
     if cfg.pretrained:
@@ -151,12 +152,17 @@ def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str
         opt.step()
         sched.step()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if evaluate is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-            net.eval()
-            m = evaluate(net, step)
-            net.train()
-            history.append(m)
-            bar.set_postfix(loss=f"{running:.4f}", **{k: f"{m[k]:.3f}" for k in ("window_macro_ap", "recording_top1") if k in m})
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            m = {}
+            if evaluate is not None:
+                net.eval()
+                m = evaluate(net, step)
+                net.train()
+                history.append(m)
+            shown = {k: f"{m[k]:.3f}" for k in ("recording_top1", "window_macro_ap") if k in m}
+            bar.set_postfix(loss=f"{running:.4f}", **shown)
+            if log is not None:
+                log(f"{desc}: step {step}/{cfg.steps}, loss {running:.4f}" + "".join(f", {k} {v}" for k, v in shown.items()))
         elif step % 25 == 0:
             bar.set_postfix(loss=f"{running:.4f}")
     net.eval()
@@ -246,15 +252,15 @@ def cv_fits(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: list[st
     return specs
 
 
-_FORKED: list = []  # (prep, specs) of the running run_fits, read by its forked workers
+_FORKED: list = []  # (prep, specs, progress line sink) of the running run_fits, read by its forked workers
 
 
 def _fit_forked(i: int) -> tuple[dict, dict]:
     """Worker: fit spec `i` on one thread; the weights come back as numpy arrays."""
     torch.set_num_threads(1)
-    prep, specs = _FORKED
+    prep, specs, log = _FORKED
     s = specs[i]
-    net, info = fit(prep, s.recs, s.cfg, s.desc, s.evaluate, progress=False)
+    net, info = fit(prep, s.recs, s.cfg, s.desc, s.evaluate, progress=False, log=log)
     return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}, info
 
 
@@ -269,11 +275,21 @@ def run_fits(prep: Prepared, specs: list[FitSpec], jobs: int = 1, log=print) -> 
         return out
     import concurrent.futures
     import multiprocessing
+    import threading
 
-    _FORKED[:] = [prep, specs]
+    ctx = multiprocessing.get_context("fork")
+    lines = ctx.SimpleQueue()  # the workers' progress lines, logged here in the parent
+
+    def relay():
+        while (m := lines.get()) is not None:
+            log(m)
+
+    relay_thread = threading.Thread(target=relay, daemon=True)
+    relay_thread.start()
+    _FORKED[:] = [prep, specs, lines.put]
     out = []
     try:
-        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(specs)), multiprocessing.get_context("fork")) as pool:
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(specs)), ctx) as pool:
             for s, (state, info) in zip(specs, pool.map(_fit_forked, range(len(specs)))):
                 net = new_net(prep, s.cfg)
                 net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
@@ -281,6 +297,8 @@ def run_fits(prep: Prepared, specs: list[FitSpec], jobs: int = 1, log=print) -> 
                 log(f"{s.desc}: fitted ({time.time() - t0:.0f} s, {min(jobs, len(specs))} processes)")
     finally:
         _FORKED.clear()
+        lines.put(None)
+        relay_thread.join()
     return out
 
 
