@@ -242,7 +242,7 @@ def info(model_path, show_labels):
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Fit the cross-validation folds and the final model side by side in this many processes "
-                   "of one thread each (small models train faster so than on many threads).")
+                   "of one thread each (a small model trains faster so than in one process on many threads).")
 def train(data, out_dir, steps, batch_size, folds, cv_only, seed, teacher, negatives, val_negatives, teacher_cache,
           arch, pretrained, lr, recipe_json, base, head_only, model_version, license_, threads, jobs):
     """Train a model on DATA: a folder with one subfolder per species
@@ -259,6 +259,8 @@ def train(data, out_dir, steps, batch_size, folds, cv_only, seed, teacher, negat
         torch.set_num_threads(threads)
     if head_only and not base:
         fail("--head-only needs --base MODEL")
+    if head_only and jobs > 1:
+        fail("--jobs fits whole models side by side; --head-only trains one head in seconds: drop --jobs")
     if teacher and head_only:
         fail("--teacher trains the whole model; it does not combine with --head-only")
     if pretrained and arch != "mn":

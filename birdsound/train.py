@@ -277,6 +277,8 @@ def run_fits(prep: Prepared, specs: list[FitSpec], jobs: int = 1, log=print) -> 
     import multiprocessing
     import threading
 
+    if "fork" not in multiprocessing.get_all_start_methods():
+        raise ValueError("--jobs above 1 needs processes started by fork (Linux, macOS); use --jobs 1")
     ctx = multiprocessing.get_context("fork")
     lines = ctx.SimpleQueue()  # the workers' progress lines, logged here in the parent
 

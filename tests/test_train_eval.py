@@ -94,6 +94,12 @@ def test_jobs_fit_folds_and_final_model_side_by_side_exactly_as_one_process(synt
     assert ws.keys() == wp.keys() and all(torch.equal(ws[k], wp[k]) for k in ws)
 
 
+def test_jobs_with_head_only_is_one_clear_line(small_model, synth_dataset, tmp_path):
+    r = cli("train", synth_dataset, "-o", str(tmp_path / "h"), "--base", small_model, "--head-only", "--jobs", "2")
+    assert r.exit_code == 2 and "--jobs" in r.output and r.output.count("\n") == 1, r.output
+    assert not (tmp_path / "h").exists()
+
+
 def test_fit_temperature_tames_overconfident_logits():
     from birdsound.headonly import fit_temperature
     rng = np.random.default_rng(0)
