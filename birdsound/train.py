@@ -289,14 +289,14 @@ def run_fits(prep: Prepared, specs: list[FitSpec], jobs: int = 1, log=print) -> 
     relay_thread = threading.Thread(target=relay, daemon=True)
     relay_thread.start()
     _FORKED[:] = [prep, specs, lines.put]
-    out = []
+    out, workers = [], min(jobs, len(specs))
     try:
-        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(specs)), ctx) as pool:
+        with concurrent.futures.ProcessPoolExecutor(workers, ctx) as pool:
             for s, (state, info) in zip(specs, pool.map(_fit_forked, range(len(specs)))):
                 net = new_net(prep, s.cfg)
                 net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
                 out.append((net.eval(), info))
-                log(f"{s.desc}: fitted ({time.time() - t0:.0f} s, {min(jobs, len(specs))} processes)")
+                log(f"{s.desc}: fitted ({time.time() - t0:.0f} s, {workers} processes)")
     finally:
         _FORKED.clear()
         lines.put(None)

@@ -1,10 +1,11 @@
-"""Training speed of the shipped recipe: steps per second of one process on 1 and 2 threads, and of
+"""Training speed of the shipped model's recipe: steps per second of one process on 1 and 2 threads, and of
 `birdsound train --jobs N` (N forked one-thread processes, each fitting its own model); prints JSON.
 
 Usage: python scripts/bench_train.py [--steps 150] [--jobs 2 3]
 
-Needs ../shared/data, the teacher cache of scripts/train_default.sh (runs/teacher_cache) and
-runs/negatives. Run it on an idle machine: it measures CPU throughput.
+The recipe, data and bird-free files are those recorded in models/birdsound_default.cv.json (the shipped
+model's training report). Needs ../shared/data, the teacher cache of scripts/train_default.sh
+(runs/teacher_cache) and runs/negatives. Run it on an idle machine: it measures CPU throughput.
 """
 
 import argparse
@@ -19,9 +20,7 @@ from birdsound import train as T
 from birdsound.trainset import load_training_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(ROOT, "..", "shared", "data")
-RECIPE = ('{"sampler": {"bg_share": 0.35, "real_negative_share": 0.7, "hard_weight": 0.3, "shift_p": 0.3, '
-          '"stretch_p": 0.3, "other_share": 0.3}}')
+SHIPPED_REPORT = os.path.join(ROOT, "models", "birdsound_default.cv.json")
 
 
 def main() -> None:
@@ -29,11 +28,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--jobs", type=int, nargs="+", default=[2, 3])
     a = ap.parse_args()
-    cfg = T.apply_recipe(T.TrainConfig(steps=a.steps, teacher="birdnet", eval_every=10**9), RECIPE)
-    negatives = [os.path.join(ROOT, "runs", "negatives", "train"), os.path.join(SHARED, "strong_label_examples"),
-                 os.path.join(SHARED, "birdnet_example_soundscapes", "audio", "soundscape.wav")]
-    prep = load_training_data(os.path.join(ROOT, "datasets", "xc_train_manifest.csv"), teacher="birdnet",
-                              negatives=negatives, seed=0, cache_dir=os.path.join(ROOT, "runs", "teacher_cache"))
+    shipped = json.load(open(SHIPPED_REPORT))  # paths in it are relative to the repository root
+    cfg = replace(T.apply_recipe(T.TrainConfig(), json.dumps(shipped["config"])), steps=a.steps, eval_every=10**9)
+    prep = load_training_data(os.path.join(ROOT, shipped["data"]), teacher=cfg.teacher,
+                              negatives=[os.path.join(ROOT, n) for n in shipped["negatives"]], seed=cfg.seed,
+                              cache_dir=os.path.join(ROOT, "runs", "teacher_cache"), frontend=cfg.frontend)
     out = {"steps_per_fit": a.steps, "batch_size": cfg.batch_size, "one_process": {}, "jobs": {}}
     for threads in (2, 1):
         torch.set_num_threads(threads)
