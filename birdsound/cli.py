@@ -216,6 +216,9 @@ def info(model_path, show_labels):
               help="Cross-validate by recording with K folds before training the final model "
                    "(with --head-only: folds for calibration, at least 2).")
 @click.option("--cv-only", is_flag=True, help="Only cross-validate; do not train the final model.")
+@click.option("--cv-from", type=click.Path(exists=True, dir_okay=False), default=None, metavar="METRICS_JSON",
+              help="Train only the final model, calibrated as the finished cross-validation in this metrics.json "
+                   "(from --cv-only with the same data and recipe) chose.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--teacher", type=click.Choice(["birdnet"]), default=None,
               help="Distil a teacher: BirdNET V2.4's probabilities, logits and embeddings guide the small model "
@@ -243,7 +246,7 @@ def info(model_path, show_labels):
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Fit the cross-validation folds and the final model side by side in this many processes "
                    "of one thread each (a small model trains faster so than in one process on many threads).")
-def train(data, out_dir, steps, batch_size, folds, cv_only, seed, teacher, negatives, val_negatives, teacher_cache,
+def train(data, out_dir, steps, batch_size, folds, cv_only, cv_from, seed, teacher, negatives, val_negatives, teacher_cache,
           arch, pretrained, lr, recipe_json, base, head_only, model_version, license_, threads, jobs):
     """Train a model on DATA: a folder with one subfolder per species
     ("Scientific name_Common name/", BirdNET-Analyzer's layout; an optional "noise/" folder
@@ -259,6 +262,8 @@ def train(data, out_dir, steps, batch_size, folds, cv_only, seed, teacher, negat
         torch.set_num_threads(threads)
     if head_only and not base:
         fail("--head-only needs --base MODEL")
+    if head_only and cv_from:
+        fail("--cv-from trains a whole final model; it does not combine with --head-only")
     if head_only and jobs > 1:
         fail("--jobs fits whole models side by side; --head-only trains one head in seconds: drop --jobs")
     if teacher and head_only:
@@ -282,7 +287,7 @@ def train(data, out_dir, steps, batch_size, folds, cv_only, seed, teacher, negat
                 cfg = tr.apply_recipe(cfg, recipe_json)
             report = tr.train(data, out_dir, cfg, folds=folds, cv_only=cv_only, negatives=list(negatives),
                               val_negatives=list(val_negatives), model_version=model_version, license=license_,
-                              cache_dir=teacher_cache, log=log, jobs=jobs)
+                              cache_dir=teacher_cache, log=log, jobs=jobs, cv_from=cv_from)
     except ValueError as e:
         fail(str(e))
     except ImportError as e:

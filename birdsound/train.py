@@ -172,15 +172,23 @@ def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str
 def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 0, cv_only: bool = False,
           negatives: list[str] = (), val_negatives: list[str] = (), model_version: str | None = None,
           license: str = "same terms as the training recordings", cache_dir: str | None = None,
-          log=tqdm.write, jobs: int = 1) -> dict:
-    """Train (optionally cross-validate first) and save ``model.pt``, ``metrics.json``, ``MODEL_CARD.md``.
+          log=tqdm.write, jobs: int = 1, cv_from: str | None = None) -> dict:
+    """Train (optionally cross-validate first) and save ``model.pt``, ``metrics.json``, ``MODEL_CARD.md``;
+    with cross-validation also each fold's model (``fold<k>.pt``, uncalibrated, its held-out recordings
+    in its metadata) and the held-out logits (``cv_logits.npz``).
 
     With `jobs` > 1 the folds and the final model are fitted side by side in that many processes of one
     thread each (the final model does not depend on the folds: their calibration is applied to it after).
+    `cv_from` names the ``metrics.json`` of a finished cross-validation (``cv_only``) of the same recipe and
+    data: only the final model is fitted, calibrated and scored as that cross-validation chose.
     """
     from .modelcard import model_card
 
     cfg = cfg or TrainConfig()
+    if cv_from and (folds or cv_only):
+        raise ValueError("--cv-from reuses a finished cross-validation: drop --folds and --cv-only")
+    if cv_from:  # the recipe before the data are read; the data once they are
+        reused_cross_validation(cv_from, {"config": asdict(cfg)})
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     prep = load_training_data(data, teacher=cfg.teacher, negatives=negatives, seed=cfg.seed, cache_dir=cache_dir,
@@ -190,6 +198,11 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
     report: dict = {"data": data, "labels": prep.labels, "n_recordings": len(prep.recs), "config": asdict(cfg),
                     "negatives": list(negatives), "audio_s": float(sum(r.power.shape[1] for r in prep.recs) / prep.frame_rate)}
     score_method, offset = "top25", 0.0
+    if cv_from:
+        report["cross_validation"] = reused_cross_validation(cv_from, report)
+        report["cv_from"] = cv_from
+        score_method = report["cross_validation"]["recording_score"]
+        offset = report["cross_validation"]["logit_offset"] if cfg.calibrate else 0.0
     specs = cv_fits(prep, cfg, folds, val_negatives) if folds >= 2 else []
     if not cv_only:
         specs.append(FitSpec(prep.recs, cfg, "final model"))
@@ -201,11 +214,9 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
         score_method = cv["recording_score"]
         offset = cv["logit_offset"] if cfg.calibrate else 0.0
     os.makedirs(out_dir, exist_ok=True)
-    if not cv_only:
-        net, info = fitted[-1]
-        apply_offset(net, offset)
-        version = model_version or time.strftime("birdsound-%Y%m%d")
-        extra = {"recording_score": score_method, "logit_offset": round(offset, 4)}
+    version = model_version or time.strftime("birdsound-%Y%m%d")
+
+    def meta_of(net: BirdNetLite, version: str, extra: dict) -> Metadata:
         if cfg.backbone:
             extra["backbone"] = cfg.backbone
         if cfg.pretrained:
@@ -213,13 +224,53 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
         if cfg.teacher:
             from .teacher import TEACHER_NAME
             extra["teacher"] = TEACHER_NAME
-        meta = make_meta(prep.labels, net, version, license, extra)
+        return make_meta(prep.labels, net, version, license, extra)
+
+    for k, ((net, _), spec) in enumerate(zip(fitted[:folds] if folds >= 2 else [], specs)):
+        held_out = sorted({r.path for r in prep.recs} - {r.path for r in spec.recs})
+        save_checkpoint(net, meta_of(net, f"{version}-fold{k + 1}", {"cv_fold": f"{k + 1}/{folds}",
+                                                                    "cv_held_out_recordings": held_out}),
+                        os.path.join(out_dir, f"fold{k + 1}.pt"))
+    if not cv_only:
+        net, info = fitted[-1]
+        apply_offset(net, offset)
+        meta = meta_of(net, version, {"recording_score": score_method, "logit_offset": round(offset, 4)})
         save_checkpoint(net, meta, os.path.join(out_dir, "model.pt"))
         report["final_loss"] = info["final_loss"]
         atomic_write(os.path.join(out_dir, "MODEL_CARD.md"), model_card(meta, net, prep.recs, report))
     report["wall_s"] = time.time() - t0
     atomic_write(os.path.join(out_dir, "metrics.json"), json.dumps(report, indent=1, default=float) + "\n")
     return report
+
+
+def reused_cross_validation(path: str, report: dict) -> dict:
+    """The cross-validation in the training report `path` (a ``metrics.json``), checked to be of the same
+    recipe, labels, recordings and bird-free audio as the run `report` describes (as far as it does).
+
+    Raises
+    ------
+    ValueError
+        Naming `path` and what differs.
+    """
+    try:
+        with open(path) as f:
+            prior = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"--cv-from {path}: not a readable training report ({e})") from None
+    if not isinstance(prior, dict) or not isinstance(prior.get("cross_validation"), dict):
+        raise ValueError(f"--cv-from {path}: holds no cross-validation (train with --folds K --cv-only first)")
+    ours = json.loads(json.dumps(report, default=float))
+    cfg_a, cfg_b = prior.get("config") or {}, ours["config"]
+    changed = sorted(k for k in set(cfg_a) | set(cfg_b) if cfg_a.get(k) != cfg_b.get(k))
+    if changed:
+        raise ValueError(f"--cv-from {path}: cross-validated another recipe ({', '.join(changed)} differ)")
+    for key in ("labels", "n_recordings", "negatives"):
+        if key in ours and prior.get(key) != ours[key]:
+            raise ValueError(f"--cv-from {path}: cross-validated other {key.replace('n_', '')}")
+    if "audio_s" in ours and abs(float(prior.get("audio_s", -1)) - ours["audio_s"]) > 0.01:
+        raise ValueError(f"--cv-from {path}: cross-validated other audio ({prior.get('audio_s')} s, "
+                         f"now {ours['audio_s']:.2f} s)")
+    return prior["cross_validation"]
 
 
 @dataclass
@@ -343,4 +394,4 @@ def apply_offset(net: BirdNetLite, offset: float) -> BirdNetLite:
     return net
 
 
-__all__ = ["TrainConfig", "FitSpec", "train", "fit", "cv_fits", "run_fits", "cv_report", "DatasetError", "ModelError"]
+__all__ = ["TrainConfig", "FitSpec", "train", "fit", "cv_fits", "run_fits", "cv_report", "reused_cross_validation", "DatasetError", "ModelError"]

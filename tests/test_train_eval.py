@@ -94,6 +94,61 @@ def test_jobs_fit_folds_and_final_model_side_by_side_exactly_as_one_process(synt
     assert ws.keys() == wp.keys() and all(torch.equal(ws[k], wp[k]) for k in ws)
 
 
+def test_cv_only_keeps_fold_models_and_cv_from_trains_the_final_model_as_one_run_would(synth_dataset, tmp_path):
+    """--cv-only, look, then --cv-from: the final model and its calibration are those of one --folds run;
+    each fold's model is kept and gives back the held-out logits the cross-validation scored."""
+    from birdsound.crossval import window_probs
+    from birdsound.model import load_checkpoint
+    from birdsound.teacher import sigmoid
+    from birdsound.trainset import load_training_data
+    common = ["--steps", "40", "--batch-size", "16"]
+    r = cli("train", synth_dataset, "-o", str(tmp_path / "cv"), "--folds", "2", "--cv-only", *common)
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "cv" / "model.pt").exists()
+    rep = json.load(open(tmp_path / "cv" / "metrics.json"))
+    z = np.load(tmp_path / "cv" / "cv_logits.npz")
+    prep = load_training_data(synth_dataset)
+    held = []
+    for k in (0, 1):
+        net, meta = load_checkpoint(str(tmp_path / "cv" / f"fold{k + 1}.pt"))
+        held.append(set(meta.extra["cv_held_out_recordings"]))
+        assert held[-1] == set(z[f"fold{k}_recording_files"]) and meta.extra["cv_fold"] == f"{k + 1}/2"
+        i = 1  # a held-out recording: the fold model scores its windows as the cross-validation did
+        rec = next(x for x in prep.recs if x.path == z[f"fold{k}_recording_files"][i])
+        sel = z[f"fold{k}_window_recording"] == i
+        starts = [int(round(s * prep.frame_rate)) for s in z[f"fold{k}_window_start_s"][sel]]
+        got = window_probs(net.eval(), rec.power, starts, prep.window_frames)
+        np.testing.assert_allclose(got, sigmoid(z[f"fold{k}_window_logits"][sel].astype(np.float64)), atol=1e-4)
+    assert not held[0] & held[1] and len(held[0] | held[1]) == rep["n_recordings"] == 6
+
+    r = cli("train", synth_dataset, "-o", str(tmp_path / "fin"), "--cv-from", str(tmp_path / "cv" / "metrics.json"),
+            *common)
+    assert r.exit_code == 0, r.output
+    assert "cross-validation (by recording): recording_top1" in r.output
+    r = cli("train", synth_dataset, "-o", str(tmp_path / "one"), "--folds", "2", *common)
+    assert r.exit_code == 0, r.output
+    a = torch.load(tmp_path / "fin" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "one" / "model.pt", weights_only=True)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in b["state_dict"])
+    _, ma = load_checkpoint(str(tmp_path / "fin" / "model.pt"))
+    _, mb = load_checkpoint(str(tmp_path / "one" / "model.pt"))
+    assert ma.extra["logit_offset"] == mb.extra["logit_offset"] and ma.extra["recording_score"] == mb.extra["recording_score"]
+    fin = json.load(open(tmp_path / "fin" / "metrics.json"))
+    assert fin["cross_validation"] == rep["cross_validation"] and "Cross-validated metrics (2 folds" in open(
+        tmp_path / "fin" / "MODEL_CARD.md").read()
+
+    # another recipe, or --folds beside it: one line naming --cv-from and what differs
+    r = cli("train", synth_dataset, "-o", str(tmp_path / "x"), "--cv-from", str(tmp_path / "cv" / "metrics.json"),
+            "--steps", "41", "--batch-size", "16")
+    assert r.exit_code == 2 and "--cv-from" in r.output and "steps" in r.output and r.output.count("\n") == 1, r.output
+    r = cli("train", synth_dataset, "-o", str(tmp_path / "x"), "--cv-from", str(tmp_path / "cv" / "metrics.json"),
+            "--folds", "2", *common)
+    assert r.exit_code == 2 and "--cv-from" in r.output and r.output.count("\n") == 1, r.output
+    r = cli("train", synth_dataset, "-o", str(tmp_path / "x"), "--cv-from", str(tmp_path / "fin" / "MODEL_CARD.md"), *common)
+    assert r.exit_code == 2 and "MODEL_CARD.md" in r.output and r.output.count("\n") == 1, r.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_jobs_with_head_only_is_one_clear_line(small_model, synth_dataset, tmp_path):
     r = cli("train", synth_dataset, "-o", str(tmp_path / "h"), "--base", small_model, "--head-only", "--jobs", "2")
     assert r.exit_code == 2 and "--jobs" in r.output and r.output.count("\n") == 1, r.output
