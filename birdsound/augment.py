@@ -27,6 +27,8 @@ CANDIDATE_STEP_FRAMES = 8  # spacing of candidate training windows of recordings
 POS_P = 0.2  # teacher probability of the focal species that makes a window a species window
 OTHER_P = 0.2  # teacher probability of a label not of ours (another bird, speech) that makes a window "heard"
 JITTER_S = 0.5  # student crops start up to this far from their teacher window's start
+AUX_P = 0.1  # a teacher label not of ours that reaches this probability somewhere in the training audio is
+#              distilled too (all-class distillation, with ``aux=True``)
 
 
 @dataclass
@@ -59,6 +61,8 @@ class Batch:
     kd_mask: torch.Tensor  # [B, C] bool
     emb: torch.Tensor | None  # [B, D] teacher embeddings
     emb_mask: torch.Tensor | None  # [B] bool
+    aux: torch.Tensor | None = None  # [B, K] teacher logits of the other labels it hears (``Sampler.aux``)
+    aux_mask: torch.Tensor | None = None  # [B] bool
 
 
 def crop(power: torch.Tensor, start: int, window_frames: int) -> torch.Tensor:
@@ -97,6 +101,7 @@ class _Item:
     y: np.ndarray
     kd: np.ndarray | None  # teacher logits, NaN where unknown
     emb: np.ndarray | None
+    aux: np.ndarray | None = None  # teacher logits of the labels in Sampler.aux
 
 
 class Sampler:
@@ -109,11 +114,13 @@ class Sampler:
     noise_powers : mel powers of bird-free audio (synthesized noise, noise folders, speech)
     window_frames : frames of one model window
     frame_rate : frames per second of the mel power
+    aux : also give the teacher's logits of every label not of ours that it hears (probability >= AUX_P)
+        somewhere in `recs` and `negative_recs` (their teacher columns: ``self.aux``)
     """
 
     def __init__(self, recs: list[Recording], labels: list[str], noise_powers: list[torch.Tensor],
                  window_frames: int, frame_rate: float, seed: int, cfg: SamplerConfig | None = None,
-                 negative_recs: list[Recording] = ()):
+                 negative_recs: list[Recording] = (), aux: bool = False):
         self.cfg = cfg or SamplerConfig()
         self.labels = labels
         self.n = len(labels)
@@ -140,6 +147,18 @@ class Sampler:
         self.negatives = [(r, j) for r, j in self.negatives if len(j)]
         self.other_negatives = [(r, j[r.teacher.other_max[j] >= OTHER_P]) for r, j in self.negatives]
         self.other_negatives = [(r, j) for r, j in self.other_negatives if len(j)]
+        self.aux = self._aux_columns(list(recs) + list(negative_recs)) if aux and self.teacher else None
+
+    @staticmethod
+    def _aux_columns(recs: list[Recording]) -> np.ndarray:
+        """Teacher columns, not of our labels, that reach AUX_P in some window of `recs`."""
+        ts = [r.teacher for r in recs if r.teacher is not None and r.teacher.all_logits is not None]
+        if not ts:
+            return np.zeros(0, np.int64)
+        top = np.max([t.all_logits.max(axis=0).astype(np.float32) for t in ts], axis=0)
+        heard = top >= np.log(AUX_P / (1 - AUX_P))
+        heard[ts[0].ours] = False
+        return np.flatnonzero(heard)
 
     def _positive_candidates(self, r: Recording, c: int):
         t = r.teacher
@@ -152,15 +171,19 @@ class Sampler:
         return None
 
     # ------------------------------------------------------------ single windows
-    def _targets(self, r: Recording | None, row: int, hard: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def _targets(self, r: Recording | None, row: int, hard: np.ndarray) -> _Item:
+        """The targets of window `row` of `r`'s teacher (an item without its crop ``x``)."""
         if r is None or r.teacher is None or row < 0:
-            return hard, None, None
+            return _Item(None, hard, None, None)
         t = r.teacher
         soft = t.probs[row].copy()
         unknown = np.isnan(soft)
         soft[unknown] = hard[unknown]
         w = self.cfg.hard_weight
-        return w * hard + (1 - w) * soft, t.logits[row], t.emb[row].astype(np.float32)
+        aux = None
+        if self.aux is not None and t.all_logits is not None:
+            aux = t.all_logits[row, self.aux].astype(np.float32)
+        return _Item(None, w * hard + (1 - w) * soft, t.logits[row], t.emb[row].astype(np.float32), aux)
 
     def _at(self, r: Recording, start: int) -> torch.Tensor:
         cfg = self.cfg
@@ -195,8 +218,9 @@ class Sampler:
         hard = np.zeros(self.n, np.float32)
         for lab in r.labels:
             hard[self.index[lab]] = 1.0
-        y, kd, emb = self._targets(r, int(rows[k]), hard)
-        return _Item(self._at(r, int(starts[k]) + jitter), y, kd, emb), c
+        it = self._targets(r, int(rows[k]), hard)
+        it.x = self._at(r, int(starts[k]) + jitter)
+        return it, c
 
     def negative_window(self) -> _Item:
         """A window without any of our species: teacher-empty real audio, a quiet stretch, or noise."""
@@ -208,8 +232,9 @@ class Sampler:
                 pool = self.other_negatives
             r, rows = self.rng.choice(pool)
             j = int(self.rng.choice(rows))
-            y, kd, emb = self._targets(r, j, zero)
-            return _Item(self._at(r, int(r.teacher.frames[j]) + self.rng.randint(-self.jitter, self.jitter)), y, kd, emb)
+            it = self._targets(r, j, zero)
+            it.x = self._at(r, int(r.teacher.frames[j]) + self.rng.randint(-self.jitter, self.jitter))
+            return it
         if self.quiet and self.rng.random() < 0.3:
             p, starts = self.rng.choice(self.quiet)
             return _Item(crop(p, int(self.rng.choice(starts)), self.wf), zero, None, None)
@@ -226,12 +251,15 @@ class Sampler:
         kd = None if a.kd is None or b.kd is None else np.fmax(a.kd, b.kd)
         if a.kd is not None and b.kd is None:
             kd = a.kd  # background without a teacher (synthesized noise): the teacher of `a` still holds
+        aux = a.aux if b.aux is None else (b.aux if a.aux is None else np.maximum(a.aux, b.aux))
+        if a.kd is None and b.kd is not None:
+            aux = None  # teacher-less foreground (a quiet stretch, noise): what it holds is unknown
         emb = a.emb
         if a.emb is not None and b.emb is not None:
             ea, eb = float(a.x.sum()), float(b.x.sum()) * gain
             w = eb / (ea + eb + 1e-12)
             emb = (1 - w) * a.emb + w * b.emb
-        return _Item(x, y, kd, emb)
+        return _Item(x, y, kd, emb, aux)
 
     def batch(self, size: int) -> Batch:
         cfg, items = self.cfg, []
@@ -272,5 +300,12 @@ class Sampler:
                 if it.emb is not None:
                     emb[i] = torch.from_numpy(it.emb)
                     emb_mask[i] = True
+        aux = aux_mask = None
+        if self.aux is not None:
+            aux = torch.zeros(size, len(self.aux))
+            aux_mask = torch.tensor([it.aux is not None for it in items])
+            for i, it in enumerate(items):
+                if it.aux is not None:
+                    aux[i] = torch.from_numpy(it.aux)
         return Batch(torch.stack([it.x for it in items]), torch.from_numpy(np.stack([it.y for it in items])),
-                     torch.from_numpy(kd), torch.from_numpy(kd_mask), emb, emb_mask)
+                     torch.from_numpy(kd), torch.from_numpy(kd_mask), emb, emb_mask, aux, aux_mask)

@@ -72,6 +72,8 @@ class TeacherTargets:
     emb: np.ndarray  # float16 [W, D]
     ours_max: np.ndarray
     other_max: np.ndarray
+    all_logits: np.ndarray | None = None  # float16 [W, 6522]: every teacher label (all-class distillation)
+    ours: np.ndarray | None = None  # the teacher columns of our (mapped) labels
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -89,7 +91,8 @@ def targets_for(out: TeacherOutput, mapping: np.ndarray, frame_rate: float) -> T
     others[mapping[known]] = False
     ours_max = np.nanmax(np.where(np.isnan(probs), -1.0, probs), axis=1) if known.any() else np.zeros(len(lg))
     return TeacherTargets(np.round(out.starts_s * frame_rate).astype(np.int64), probs, logits, out.embeddings,
-                          ours_max.astype(np.float32), sigmoid(lg[:, others]).max(axis=1).astype(np.float32))
+                          ours_max.astype(np.float32), sigmoid(lg[:, others]).max(axis=1).astype(np.float32),
+                          out.logits, mapping[known])
 
 
 def empty(t: TeacherTargets, columns) -> np.ndarray:

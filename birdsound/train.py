@@ -50,6 +50,8 @@ class TrainConfig:
     kd_weight: float = 1.0  # logit distillation
     kd_temperature: float = 2.0
     emb_weight: float = 0.3  # embedding distillation
+    aux_weight: float = 0.0  # all-class distillation: the teacher's logits of every label not of ours that it
+    #                          hears in the training audio (other birds, speech, ...), through a training-only head
     eval_every: int = 500
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     backbone: dict | None = None  # None: the v1 CNN; {"type": "mn", "depth": 12}: EfficientAT's MobileNetV3
@@ -95,6 +97,15 @@ def make_meta(labels: list[str], net: BirdNetLite, version: str, license: str, e
                      "output": "logits; exported files output sigmoid probabilities", **extra})
 
 
+def soft_bce(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Sigmoid cross-entropy of student to teacher logits, both softened by `temperature` (x T^2), over the
+    entries where `mask` (float 0/1, optional) is 1."""
+    t = temperature
+    per = F.binary_cross_entropy_with_logits(logits / t, torch.sigmoid(teacher_logits / t), reduction="none")
+    return per.mean() * t * t if mask is None else (per * mask).sum() / mask.sum() * t * t
+
+
 def distillation_losses(logits: torch.Tensor, emb: torch.Tensor | None, batch, proj: nn.Module | None,
                         temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(logit distillation, embedding distillation) losses of a batch; zeros where no teacher applies."""
@@ -102,9 +113,7 @@ def distillation_losses(logits: torch.Tensor, emb: torch.Tensor | None, batch, p
     kd = zero
     mask = batch.kd_mask.float()
     if mask.sum() > 0:
-        t = temperature
-        per = F.binary_cross_entropy_with_logits(logits / t, torch.sigmoid(batch.kd / t), reduction="none")
-        kd = (per * mask).sum() / mask.sum() * t * t
+        kd = soft_bce(logits, batch.kd, temperature, mask)
     el = zero
     if proj is not None and batch.emb_mask is not None and batch.emb_mask.any():
         cos = F.cosine_similarity(proj(emb[batch.emb_mask]), batch.emb[batch.emb_mask], dim=1)
@@ -129,10 +138,11 @@ def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str
         from .model import load_pretrained
         load_pretrained(net.backbone, cfg.pretrained)
     sampler = Sampler(train_recs, prep.labels, prep.noise_powers, prep.window_frames, prep.frame_rate,
-                      cfg.seed, cfg.sampler, prep.negative_recs)
+                      cfg.seed, cfg.sampler, prep.negative_recs, aux=cfg.aux_weight > 0)
     proj = nn.Linear(net.head.in_features, sampler.emb_dim) if sampler.teacher and cfg.emb_weight > 0 else None
+    aux_head = nn.Linear(net.head.in_features, len(sampler.aux)) if sampler.aux is not None and len(sampler.aux) else None
     rng = random.Random(cfg.seed + 1)
-    params = list(net.parameters()) + (list(proj.parameters()) if proj is not None else [])
+    params = list(net.parameters()) + [p for m in (proj, aux_head) if m is not None for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps,
                                                 pct_start=max(0.1, 3.0 / cfg.steps))
@@ -147,6 +157,8 @@ def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str
         if sampler.teacher:
             kd, el = distillation_losses(logits, emb, b, proj, cfg.kd_temperature)
             loss = loss + cfg.kd_weight * kd + cfg.emb_weight * el
+            if aux_head is not None and b.aux_mask.any():
+                loss = loss + cfg.aux_weight * soft_bce(aux_head(emb[b.aux_mask]), b.aux[b.aux_mask], cfg.kd_temperature)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -203,7 +203,8 @@ def test_train_with_birdnet_teacher_on_species_it_lacks(synth_dataset, tmp_path)
     z = np.load(cache / files[0])
     assert z["logits"].shape[1] == 6522 and z["embeddings"].shape[1] == 1024 and z["logits"].dtype == np.float16
     mtimes = {f: os.path.getmtime(cache / f) for f in files}
-    assert cli(*args).exit_code == 0
+    r = cli(*args, "--recipe", '{"aux_weight": 1.0}')  # all-class distillation runs from the same cache
+    assert r.exit_code == 0, r.output
     assert {f: os.path.getmtime(cache / f) for f in os.listdir(cache)} == mtimes  # reused, not recomputed
     from birdsound.runtime import load_model
     assert "BirdNET" in load_model(str(tmp_path / "m" / "model.pt")).meta.extra["teacher"]
@@ -394,6 +395,48 @@ def test_sampler_other_share_draws_negatives_where_the_teacher_hears_something_n
     assert all(350 - 25 <= x <= 350 + 25 for x in heard), sorted(set(heard))
     anywhere = negative_starts(0.0)
     assert all(250 - 25 <= x <= 450 + 25 for x in anywhere) and sum(abs(x - 350) > 25 for x in anywhere) > 100
+
+
+def test_sampler_aux_gives_the_teacher_logits_of_every_other_label_it_hears_mixed_as_the_sound_is():
+    """All-class distillation: the labels not of ours that BirdNET hears somewhere (p >= AUX_P) are the aux
+    columns; a window's aux target is its teacher row, a mix of two windows the maximum, and background
+    without a teacher (noise) leaves the target of what it is mixed into."""
+    from birdsound.augment import AUX_P, Sampler, SamplerConfig, _Item
+    from birdsound.dataset import Recording
+    from birdsound.teacher import TeacherTargets
+
+    fps, wf, n_win = 50.0, 150, 10
+    labels = ["Avis alpha_Alpha", "Avis beta_Beta"]
+    lo = np.log(0.01 / 0.99)
+    recs = []
+    for k, lab in enumerate(labels):
+        all_logits = np.full((n_win, 6), lo, np.float32)  # teacher columns 4 and 1 are our two labels
+        all_logits[:5, (4, 1)[k]] = 3.0
+        all_logits[7, 2] = 2.0 if k == 0 else lo  # another bird, heard in the first recording only
+        all_logits[3, 5] = np.log(AUX_P / (1 - AUX_P)) + (0.01 if k == 1 else -0.5)  # just heard in the second
+        all_logits[:, 0] = np.log(AUX_P / (1 - AUX_P)) - 0.01  # never quite heard
+        ours = all_logits[:, [4, 1]]
+        probs = 1 / (1 + np.exp(-ours))
+        t = TeacherTargets(np.arange(n_win) * 50, probs, ours, np.zeros((n_win, 4), np.float16), probs.max(axis=1),
+                           np.zeros(n_win, np.float32), all_logits.astype(np.float16), np.array([4, 1]))
+        power = torch.ones(8, n_win * 50 + wf)
+        recs.append(Recording(f"{lab}.wav", [lab], power=power, starts=np.arange(0, 250, 8), teacher=t))
+    s = Sampler(recs, labels, [torch.ones(8, 400)], wf, fps, 0, SamplerConfig(), aux=True)
+    assert s.aux.tolist() == [2, 5]
+    assert Sampler(recs, labels, [torch.ones(8, 400)], wf, fps, 0, SamplerConfig()).aux is None  # off by default
+    a = s._targets(recs[0], 7, np.zeros(2, np.float32))
+    np.testing.assert_allclose(a.aux, recs[0].teacher.all_logits[7, [2, 5]].astype(np.float32))
+    a.x = torch.ones(8, wf)
+    b = s._targets(recs[1], 3, np.zeros(2, np.float32))
+    b.x = torch.ones(8, wf)
+    np.testing.assert_allclose(Sampler._mix(a, b, 0.5).aux, np.maximum(a.aux, b.aux))
+    noise = _Item(torch.ones(8, wf), np.zeros(2, np.float32), None, None)
+    np.testing.assert_allclose(Sampler._mix(a, noise, 0.5).aux, a.aux)
+    assert Sampler._mix(noise, a, 0.5).aux is None
+    batch = s.batch(32)
+    assert batch.aux.shape == (32, 2) and batch.aux_mask.dtype == torch.bool
+    assert batch.aux_mask.any() and not batch.aux[~batch.aux_mask].any()
+    assert (batch.aux[batch.aux_mask] <= 2.0 + 1e-3).all()
 
 
 def test_calibration_offset_meets_the_false_detection_target_unless_it_costs_over_a_quarter_of_the_recall():
