@@ -334,7 +334,7 @@ def run_fits(prep: Prepared, specs: list[FitSpec], jobs: int = 1, log=print) -> 
         out = []
         for s in specs:
             out.append(fit(prep, s.recs, s.cfg, s.desc, s.evaluate))
-            log(f"{s.desc}: fitted ({time.time() - t0:.0f} s)")
+            log(f"{s.desc}: fitted ({time.time() - t0:.0f} s){_held_out(out[-1][1])}")
         return out
     import concurrent.futures
     import multiprocessing
@@ -359,12 +359,19 @@ def run_fits(prep: Prepared, specs: list[FitSpec], jobs: int = 1, log=print) -> 
                 net = new_net(prep, s.cfg)
                 net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
                 out.append((net.eval(), info))
-                log(f"{s.desc}: fitted ({time.time() - t0:.0f} s, {workers} processes)")
+                log(f"{s.desc}: fitted ({time.time() - t0:.0f} s, {workers} processes){_held_out(info)}")
     finally:
         _FORKED.clear()
         lines.put(None)
         relay_thread.join()
     return out
+
+
+def _held_out(info: dict) -> str:
+    """A fit's last held-out figures for its 'fitted' line (as soon as it is done, not after every fold)."""
+    m = info.get("final") or {}
+    shown = [f"{k} {m[k]:.3f}" for k in ("recording_top1", "recording_top5", "window_macro_ap") if k in m]
+    return (": held out (top-quarter score) " + ", ".join(shown)) if shown else ""
 
 
 def cv_report(infos: list[dict], cfg: TrainConfig, log=print, arrays_path: str | None = None) -> dict:

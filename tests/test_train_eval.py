@@ -80,7 +80,9 @@ def test_jobs_fit_folds_and_final_model_side_by_side_exactly_as_one_process(synt
         torch.set_num_threads(n)
     logs = []
     par = train(synth_dataset, str(tmp_path / "par"), cfg, folds=2, log=logs.append, jobs=3)
-    assert any(m.startswith("final model: fitted") and "3 processes" in m for m in logs), logs
+    assert any(m.startswith("final model: fitted") and "3 processes" in m and "held out" not in m for m in logs), logs
+    # each fold's held-out figures are logged when it is fitted, not only after every fit
+    assert any(m.startswith("fold 2/2: fitted") and "held out (top-quarter score) recording_top1" in m for m in logs), logs
     # the forked fits report their progress as lines (no progress bars side by side)
     assert "final model: step 20/40" in "\n".join(logs) and "fold 2/2: step 40/40" in "\n".join(logs), logs
     assert any(m.startswith("fold 1/2: step 40/40") and "recording_top1" in m for m in logs), logs
