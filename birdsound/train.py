@@ -53,6 +53,8 @@ class TrainConfig:
     aux_weight: float = 0.0  # all-class distillation: the teacher's logits of every label not of ours that it
     #                          hears in the training audio (other birds, speech, ...), through a training-only head
     eval_every: int = 500
+    ema_decay: float = 0.0  # > 0: train on, but evaluate and keep, an exponential moving average of the weights
+    #                         (and batch-norm statistics); the last step's own weights are scored beside it
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     backbone: dict | None = None  # None: the v1 CNN; {"type": "mn", "depth": 12}: EfficientAT's MobileNetV3
     frontend: dict | None = None  # MelFrontEnd settings (None: defaults)
@@ -146,6 +148,11 @@ def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps,
                                                 pct_start=max(0.1, 3.0 / cfg.steps))
+    ema = None
+    if cfg.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    kept = (lambda: ema.module) if ema is not None else (lambda: net)  # the model evaluated and returned
     history, running = [], None
     net.train()
     bar = tqdm(range(1, cfg.steps + 1), desc=desc, leave=False, **({} if progress else {"disable": True}))
@@ -163,12 +170,17 @@ def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str
         loss.backward()
         opt.step()
         sched.step()
+        if ema is not None:
+            ema.update_parameters(net)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             m = {}
             if evaluate is not None:
                 net.eval()
-                m = evaluate(net, step)
+                m = evaluate(kept().eval(), step)
+                if ema is not None and step == cfg.steps:  # the last step's own weights, for comparison
+                    raw = evaluate(net, step)
+                    m["raw_weights"] = {k: raw[k] for k in crossval.METRIC_KEYS if k in raw}
                 net.train()
                 history.append(m)
             shown = {k: f"{m[k]:.3f}" for k in ("recording_top1", "window_macro_ap") if k in m}
@@ -177,8 +189,7 @@ def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str
                 log(f"{desc}: step {step}/{cfg.steps}, loss {running:.4f}" + "".join(f", {k} {v}" for k, v in shown.items()))
         elif step % 25 == 0:
             bar.set_postfix(loss=f"{running:.4f}")
-    net.eval()
-    return net, {"history": history, "final": history[-1] if history else {}, "final_loss": running}
+    return kept().eval(), {"history": history, "final": history[-1] if history else {}, "final_loss": running}
 
 
 def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 0, cv_only: bool = False,
@@ -402,6 +413,12 @@ def cv_report(infos: list[dict], cfg: TrainConfig, log=print, arrays_path: str |
     mean = crossval.mean_metrics([{k: v for k, v in f.items() if k != "history"} for f in results])
     for key in ("false_detections_per_hour", "recall_at_default"):
         mean[f"calibrated_{key}"] = float(np.mean([c[key] for c in calibrated]))
+    if all("raw_weights" in f for f in results):  # ema_decay: the moving average beside the last step's weights
+        mean["raw_weights"] = crossval.mean_metrics([f["raw_weights"] for f in results])
+        avg = {"recording_top1": mean["recording_top1_top25"], "recording_top5": mean["recording_top5_top25"],
+               "window_macro_ap": mean["window_macro_ap"]}
+        log("weights' moving average against the last step's own weights (top-quarter score): " + ", ".join(
+            f"{k} {avg[k]:.3f} / {mean['raw_weights'][k]:.3f}" for k in avg))
     return {"folds": results, "mean": mean, "recording_score": method, "k": folds, "logit_offset": offset,
             "false_detections_target": cfg.false_detections_target, "offset_curve": curve}
 

@@ -2,6 +2,7 @@
 --sensitivity and MP3 input, as a user runs them."""
 
 import csv
+from dataclasses import replace
 import json
 import os
 import shutil
@@ -149,6 +150,26 @@ def test_cv_only_keeps_fold_models_and_cv_from_trains_the_final_model_as_one_run
     r = cli("train", synth_dataset, "-o", str(tmp_path / "x"), "--cv-from", str(tmp_path / "fin" / "MODEL_CARD.md"), *common)
     assert r.exit_code == 2 and "MODEL_CARD.md" in r.output and r.output.count("\n") == 1, r.output
     assert not (tmp_path / "x").exists()
+
+
+def test_ema_decay_keeps_the_moving_average_and_scores_the_last_weights_beside_it(synth_dataset, tmp_path):
+    """ema_decay trains the same weights (the last step's, scored as raw_weights, equal a run without it) but
+    evaluates, calibrates and keeps their moving average."""
+    from birdsound.train import TrainConfig, train
+    cfg = TrainConfig(steps=40, batch_size=16, eval_every=20)
+    logs = []
+    plain = train(synth_dataset, str(tmp_path / "plain"), cfg, folds=2, log=lambda m: None)
+    ema = train(synth_dataset, str(tmp_path / "ema"), replace(cfg, ema_decay=0.9), folds=2, log=logs.append)
+    for p, e in zip(plain["cross_validation"]["folds"], ema["cross_validation"]["folds"]):
+        assert e["raw_weights"]["window_macro_ap"] == p["window_macro_ap"]
+        assert e["raw_weights"]["recording_top1"] == p["recording_top1_top25"]
+    assert "raw_weights" in ema["cross_validation"]["mean"]
+    assert any(m.startswith("weights' moving average against the last step's own weights") for m in logs), logs
+    wp = torch.load(tmp_path / "plain" / "model.pt", weights_only=True)["state_dict"]
+    we = torch.load(tmp_path / "ema" / "model.pt", weights_only=True)["state_dict"]
+    assert wp.keys() == we.keys() and not all(torch.equal(wp[k], we[k]) for k in wp)
+    from birdsound.runtime import load_model
+    assert load_model(str(tmp_path / "ema" / "model.pt")).predict(np.zeros((1, 96000), np.float32)).shape == (1, 3)
 
 
 def test_jobs_with_head_only_is_one_clear_line(small_model, synth_dataset, tmp_path):
