@@ -49,6 +49,8 @@ class SamplerConfig:
     shift_bins: int = 2
     eq_p: float = 0.0  # chance of a smooth random equaliser of up to +-eq_db (microphones and distance)
     eq_db: float = 6.0
+    view_p: float = 0.0  # chance a species window is one of its recording's augmented views, with the teacher's
+    #                      targets on exactly that audio (needs views: birdsound.views)
 
 
 @dataclass
@@ -148,6 +150,9 @@ class Sampler:
         self.other_negatives = [(r, j[r.teacher.other_max[j] >= OTHER_P]) for r, j in self.negatives]
         self.other_negatives = [(r, j) for r, j in self.other_negatives if len(j)]
         self.aux = self._aux_columns(list(recs) + list(negative_recs)) if aux and self.teacher else None
+        # views (birdsound.views) where the teacher hears the recording's focal species
+        self.view_pos = {id(r): np.flatnonzero(r.views.targets.probs[:, self.index[r.labels[0]]] >= POS_P)
+                         for r in recs if getattr(r, "views", None) is not None}
 
     @staticmethod
     def _aux_columns(recs: list[Recording]) -> np.ndarray:
@@ -171,11 +176,10 @@ class Sampler:
         return None
 
     # ------------------------------------------------------------ single windows
-    def _targets(self, r: Recording | None, row: int, hard: np.ndarray) -> _Item:
-        """The targets of window `row` of `r`'s teacher (an item without its crop ``x``)."""
-        if r is None or r.teacher is None or row < 0:
+    def _targets(self, t, row: int, hard: np.ndarray) -> _Item:
+        """The targets of window `row` of the teacher targets `t` (an item without its crop ``x``)."""
+        if t is None or row < 0:
             return _Item(None, hard, None, None)
-        t = r.teacher
         soft = t.probs[row].copy()
         unknown = np.isnan(soft)
         soft[unknown] = hard[unknown]
@@ -213,12 +217,19 @@ class Sampler:
     def species_window(self, c: int | None = None) -> tuple[_Item, int]:
         c = self.rng.choice(self.species) if c is None else c
         r, starts, rows = self.rng.choice(self.pos[c])
-        k = self.rng.randrange(len(starts))
-        jitter = self.rng.randint(-self.jitter, self.jitter) if rows[k] >= 0 else self.rng.randint(0, CANDIDATE_STEP_FRAMES - 1)
         hard = np.zeros(self.n, np.float32)
         for lab in r.labels:
             hard[self.index[lab]] = 1.0
-        it = self._targets(r, int(rows[k]), hard)
+        if self.cfg.view_p and r.views is not None and self.rng.random() < self.cfg.view_p:
+            heard = self.view_pos.get(id(r))
+            if heard is not None and len(heard):  # a view in which the teacher hears the focal bird
+                j = int(self.rng.choice(heard))
+                it = self._targets(r.views.targets, j, hard)
+                it.x = r.views.power[j].float()
+                return it, c
+        k = self.rng.randrange(len(starts))
+        jitter = self.rng.randint(-self.jitter, self.jitter) if rows[k] >= 0 else self.rng.randint(0, CANDIDATE_STEP_FRAMES - 1)
+        it = self._targets(r.teacher, int(rows[k]), hard)
         it.x = self._at(r, int(starts[k]) + jitter)
         return it, c
 
@@ -232,7 +243,7 @@ class Sampler:
                 pool = self.other_negatives
             r, rows = self.rng.choice(pool)
             j = int(self.rng.choice(rows))
-            it = self._targets(r, j, zero)
+            it = self._targets(r.teacher, j, zero)
             it.x = self._at(r, int(r.teacher.frames[j]) + self.rng.randint(-self.jitter, self.jitter))
             return it
         if self.quiet and self.rng.random() < 0.3:

@@ -34,6 +34,7 @@ class Recording:
     starts: Any = None  # active window start frames
     quiet: Any = None  # quiet window start frames
     teacher: Any = None  # TeacherTargets of this recording, when distilling
+    views: Any = None  # ViewSet: augmented views scored by the teacher (birdsound.views), when asked for
 
 
 def check_label(label: str, where: str) -> None:

@@ -53,6 +53,7 @@ class TrainConfig:
     aux_weight: float = 0.0  # all-class distillation: the teacher's logits of every label not of ours that it
     #                          hears in the training audio (other birds, speech, ...), through a training-only head
     eval_every: int = 500
+    views: int = 0  # augmented views per teacher window, scored by the teacher (birdsound.views; sampler.view_p)
     ema_decay: float = 0.0  # > 0: train on, but evaluate and keep, an exponential moving average of the weights
     #                         (and batch-norm statistics); the last step's own weights are scored beside it
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -215,7 +216,7 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     prep = load_training_data(data, teacher=cfg.teacher, negatives=negatives, seed=cfg.seed, cache_dir=cache_dir,
-                              frontend=cfg.frontend)
+                              frontend=cfg.frontend, views=cfg.views)
     for n in prep.notes:
         log(n)
     report: dict = {"data": data, "labels": prep.labels, "n_recordings": len(prep.recs), "config": asdict(cfg),

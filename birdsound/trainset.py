@@ -106,8 +106,9 @@ def default_cache_dir() -> str:
 
 def load_training_data(data: str, sample_rate: int = SAMPLE_RATE_HZ, window_s: float = WINDOW_S,
                        teacher: str | None = None, negatives: list[str] = (), seed: int = 0,
-                       cache_dir: str | None = None, frontend: dict | None = None) -> Prepared:
-    """Read, decode and prepare DATA (and bird-free `negatives` folders/files) for training.
+                       cache_dir: str | None = None, frontend: dict | None = None, views: int = 0) -> Prepared:
+    """Read, decode and prepare DATA (and bird-free `negatives` folders/files) for training; with a teacher
+    and `views`, also that many augmented views per teacher window of each recording (:mod:`birdsound.views`).
 
     Raises
     ------
@@ -133,8 +134,13 @@ def load_training_data(data: str, sample_rate: int = SAMPLE_RATE_HZ, window_s: f
     prep = Prepared(recs, labels, [], neg_recs, frontend, wf, notes, cache_dir or default_cache_dir(), window_s)
     if teacher == "birdnet":
         prep.notes += attach_teacher(recs + neg_recs, labels, prep.frame_rate, prep.cache_dir)
+        if views:
+            from .views import attach_views
+            prep.notes += attach_views(recs, labels, frontend, wf, prep.cache_dir, views)
     elif teacher:
         raise DatasetError(f"--teacher {teacher}: unknown teacher (birdnet is the one there is)")
+    elif views:
+        raise DatasetError("augmented views are scored by the teacher: they need --teacher birdnet")
     prep.noise_powers = noise_powers(synth_noise(seed, sample_rate), frontend, wf) + [r.power.float() for r in neg_recs]
     return prep
 

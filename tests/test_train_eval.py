@@ -226,9 +226,15 @@ def test_train_with_birdnet_teacher_on_species_it_lacks(synth_dataset, tmp_path)
     z = np.load(cache / files[0])
     assert z["logits"].shape[1] == 6522 and z["embeddings"].shape[1] == 1024 and z["logits"].dtype == np.float16
     mtimes = {f: os.path.getmtime(cache / f) for f in files}
-    r = cli(*args, "--recipe", '{"aux_weight": 1.0}')  # all-class distillation runs from the same cache
+    # all-class distillation and augmented views run from the same cache (views: one more file per recording)
+    r = cli(*args, "--recipe", '{"aux_weight": 1.0, "views": 1, "sampler": {"view_p": 0.5}}')
     assert r.exit_code == 0, r.output
-    assert {f: os.path.getmtime(cache / f) for f in os.listdir(cache)} == mtimes  # reused, not recomputed
+    assert {f: os.path.getmtime(cache / f) for f in files} == mtimes  # reused, not recomputed
+    views = sorted(set(os.listdir(cache)) - set(files))
+    assert len(views) == 6 and all("_views1_" in f for f in views), views
+    z = np.load(cache / views[0])
+    n_plain = len(np.load(cache / (views[0].split("_views")[0] + ".npz"))["starts_s"])
+    assert z["logits"].shape == (n_plain, 6522) and len(z["starts_s"]) == n_plain
     from birdsound.runtime import load_model
     assert "BirdNET" in load_model(str(tmp_path / "m" / "model.pt")).meta.extra["teacher"]
     # BirdNET's silence on species it lacks is no evidence: none of these windows is "bird-free"
@@ -237,7 +243,7 @@ def test_train_with_birdnet_teacher_on_species_it_lacks(synth_dataset, tmp_path)
     assert r.exit_code == 0, r.output
     by = json.load(open(tmp_path / "ev" / "report.json"))["false_detections"]["by_source"]
     assert by["teacher_empty_windows"]["hours"] == 0 and by["synthesized_noise"]["hours"] > 0
-    assert sorted(os.listdir(cache)) == files  # the teacher's outputs came from the cache
+    assert sorted(os.listdir(cache)) == sorted(files + views)  # the teacher's outputs came from the cache
     from birdsound.augment import Sampler
     from birdsound.trainset import load_training_data
     prep = load_training_data(synth_dataset, teacher="birdnet", cache_dir=str(cache))
@@ -447,10 +453,10 @@ def test_sampler_aux_gives_the_teacher_logits_of_every_other_label_it_hears_mixe
     s = Sampler(recs, labels, [torch.ones(8, 400)], wf, fps, 0, SamplerConfig(), aux=True)
     assert s.aux.tolist() == [2, 5]
     assert Sampler(recs, labels, [torch.ones(8, 400)], wf, fps, 0, SamplerConfig()).aux is None  # off by default
-    a = s._targets(recs[0], 7, np.zeros(2, np.float32))
+    a = s._targets(recs[0].teacher, 7, np.zeros(2, np.float32))
     np.testing.assert_allclose(a.aux, recs[0].teacher.all_logits[7, [2, 5]].astype(np.float32))
     a.x = torch.ones(8, wf)
-    b = s._targets(recs[1], 3, np.zeros(2, np.float32))
+    b = s._targets(recs[1].teacher, 3, np.zeros(2, np.float32))
     b.x = torch.ones(8, wf)
     np.testing.assert_allclose(Sampler._mix(a, b, 0.5).aux, np.maximum(a.aux, b.aux))
     noise = _Item(torch.ones(8, wf), np.zeros(2, np.float32), None, None)
@@ -460,6 +466,27 @@ def test_sampler_aux_gives_the_teacher_logits_of_every_other_label_it_hears_mixe
     assert batch.aux.shape == (32, 2) and batch.aux_mask.dtype == torch.bool
     assert batch.aux_mask.any() and not batch.aux[~batch.aux_mask].any()
     assert (batch.aux[batch.aux_mask] <= 2.0 + 1e-3).all()
+
+
+def test_augmented_view_of_a_tone_is_the_tone_played_at_the_drawn_speed_and_the_same_at_every_run():
+    """Views are made again when training from their seed: the same generator gives the same audio; a speed
+    change moves a 2 kHz tone to 2 kHz x speed (pitch and tempo together)."""
+    from birdsound import views
+    sr = 48000
+    t = np.arange(10 * sr) / sr
+    x = (0.3 * np.sin(2 * np.pi * 2000 * t)).astype(np.float32)
+    for w, j in ((0, 0), (3, 1), (5, 0)):
+        v = views.make_view(x, sr, 4.0, views.view_rng(w, j))
+        assert v.shape == (3 * sr,) and v.dtype == np.float32
+        np.testing.assert_array_equal(v, views.make_view(x, sr, 4.0, views.view_rng(w, j)))
+        speed = views.view_rng(w, j).uniform(*views.SPEED)  # the first draw of a view's generator
+        spec = np.abs(np.fft.rfft(v * np.hanning(len(v))))
+        hz = np.arange(len(spec)) * sr / len(v)
+        near = np.abs(hz - 2000 * speed) < 3  # the tone, moved (a stretch of the original may be mixed in)
+        assert spec[near].max() > 0.25 * spec.max() and spec[(np.abs(hz - 2000 * speed) > 30)].max() < spec[near].max() * 4
+        away = (np.abs(hz - 2000 * speed) > 30) & (np.abs(hz - 2000) > 30)
+        assert spec[away].max() < 0.05 * spec[near].max()  # nothing else tonal
+    assert not np.array_equal(views.make_view(x, sr, 4.0, views.view_rng(0, 0)), views.make_view(x, sr, 4.0, views.view_rng(0, 1)))
 
 
 def test_calibration_offset_meets_the_false_detection_target_unless_it_costs_over_a_quarter_of_the_recall():

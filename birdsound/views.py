@@ -1,0 +1,150 @@
+"""Augmented views of training recordings, scored by the teacher on exactly that audio (consistent teaching).
+
+The student's own augmentation (:mod:`birdsound.augment`) changes a window after the teacher has scored
+the original, so a time-stretched or mixed window keeps targets the teacher never gave it. Here each
+teacher window of a recording gets `n` views made from that recording alone (so a cross-validation fold
+never sees another fold's audio): a speed change (resampled: pitch and tempo together), a smooth random
+equaliser, another stretch of the same recording mixed in, coloured noise. BirdNET scores every view; its
+outputs are cached like the plain windows' (:mod:`birdsound.teacher`), and the views are made again,
+identically, from the 48 kHz audio when training (each from its own seeded generator), resampled to the
+model's rate. Training-time only (the ``distill`` extra).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import audio
+from . import teacher as tc
+
+VIEW_VERSION = 1  # bump when make_view changes: cached teacher outputs of older views no longer apply
+SPEED = (0.87, 1.15)  # playback speed factors
+EQ_DB = 6.0  # equaliser gains within +-EQ_DB at 5 log-spaced knots from EQ_HZ[0] to EQ_HZ[1]
+EQ_HZ = (150.0, 15000.0)
+MIX_P, MIX_DB = 0.5, (-12.0, 0.0)  # chance and level (relative to the view) of another stretch mixed in
+NOISE_P, NOISE_SNR_DB = 0.3, (0.0, 20.0)  # chance and signal-to-noise ratio of pink/brown noise
+
+
+def view_rng(window: int, view: int) -> np.random.Generator:
+    """The generator of view `view` of teacher window `window` of a recording (the same at every run)."""
+    return np.random.default_rng([VIEW_VERSION, window, view])
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) + 1e-9
+
+
+def _segment(x: np.ndarray, start: int, n: int) -> np.ndarray:
+    """`n` samples of `x` from `start` (may be negative or run past the end: zeros there)."""
+    out = np.zeros(n, np.float32)
+    a, b = max(0, start), min(len(x), start + n)
+    if b > a:
+        out[a - start:b - start] = x[a:b]
+    return out
+
+
+def make_view(x: np.ndarray, sr: int, start_s: float, rng: np.random.Generator,
+              window_s: float = tc.TEACHER_WINDOW_S) -> np.ndarray:
+    """A changed copy of the `window_s` of mono `x` (rate `sr`) starting at `start_s`: ``float32 [window]``."""
+    import soxr
+
+    n = int(round(window_s * sr))
+    speed = rng.uniform(*SPEED)
+    m = int(round(n * speed))  # played `speed` times faster: m source samples fill the window
+    centre = int(round((start_s + window_s / 2) * sr))
+    v = soxr.resample(_segment(x, centre - m // 2, m), sr * speed, sr)
+    v = _segment(v.astype(np.float32), 0, n)
+    if rng.random() < MIX_P:  # another stretch of the same recording, quieter
+        other = _segment(x, int(rng.integers(0, max(1, len(x) - n + 1))), n)
+        if _rms(other) > 1e-6:
+            v = v + other * (_rms(v) / _rms(other) * 10 ** (rng.uniform(*MIX_DB) / 20))
+    spec = np.fft.rfft(v)
+    freqs = np.fft.rfftfreq(n, 1 / sr)
+    knots_hz = np.geomspace(*EQ_HZ, 5)
+    gain_db = np.interp(np.log(np.maximum(freqs, 1.0)), np.log(knots_hz), rng.uniform(-EQ_DB, EQ_DB, 5))
+    spec *= 10 ** (gain_db / 20)
+    if rng.random() < NOISE_P:
+        slope = rng.choice([0.5, 1.0])  # pink (1/f) or brown (1/f^2) power
+        noise = np.fft.rfft(rng.standard_normal(n)) / np.maximum(freqs, 20.0) ** slope
+        noise = np.fft.irfft(noise, n)
+        spec += np.fft.rfft(noise * (_rms(v) / _rms(noise) * 10 ** (-rng.uniform(*NOISE_SNR_DB) / 20)))
+    return np.fft.irfft(spec, n).astype(np.float32)
+
+
+def views_of(x: np.ndarray, sr: int, starts_s: np.ndarray, n: int) -> np.ndarray:
+    """Every view of a recording: ``[len(starts_s) * n, window]``, window-major (view j of window w at
+    row ``w * n + j``)."""
+    return np.stack([make_view(x, sr, float(s), view_rng(w, j)) for w, s in enumerate(starts_s) for j in range(n)])
+
+
+def cache_file(cache_dir: str, path: str, n: int) -> str:
+    return os.path.join(cache_dir, f"{tc.content_key(path, tc.TEACHER_HOP_S)}_views{n}_v{VIEW_VERSION}.npz")
+
+
+def view_outputs(paths: list[str], starts: dict[str, np.ndarray], n: int, cache_dir: str, threads: int = 2,
+                 progress: bool = True) -> tuple[dict[str, tc.TeacherOutput], list[str]]:
+    """The teacher's outputs on the `n` views of each teacher window (`starts`: their start times, s, per
+    file), from the cache or computed and cached; rows as in :func:`views_of`, ``starts_s`` the source
+    window of each row. Returns ({path: outputs}, error lines)."""
+    from tqdm import tqdm
+
+    out, errors, todo = {}, [], []
+    for p in paths:
+        f = cache_file(cache_dir, p, n)
+        if os.path.exists(f):
+            out[p] = tc.load_cached(f)
+        else:
+            todo.append((p, f))
+    if todo:
+        net = tc.BirdNet(threads)
+        for p, f in tqdm(todo, desc="teacher on augmented views", unit="file", disable=not progress):
+            try:
+                x = audio.load(p, tc.TEACHER_RATE_HZ)
+            except audio.AudioError as e:
+                errors.append(str(e))
+                continue
+            v = views_of(x, tc.TEACHER_RATE_HZ, starts[p], n)
+            o = net.run(v.reshape(-1), hop_s=tc.TEACHER_WINDOW_S)  # the views end to end: one window each
+            o = tc.TeacherOutput(np.repeat(starts[p], n).astype(np.float32), o.logits[:len(v)], o.embeddings[:len(v)])
+            tc.save_cached(f, o)
+            out[p] = o
+    return out, errors
+
+
+@dataclass
+class ViewSet:
+    """A recording's views as the student sees them: mel power crops ``[V, F, window_frames]`` (float16) and
+    the teacher's targets on each (rows as in :func:`views_of`)."""
+
+    power: torch.Tensor
+    targets: tc.TeacherTargets
+
+
+def attach_views(recs: list, labels: list[str], frontend, window_frames: int, cache_dir: str, n: int,
+                 threads: int = 2) -> list[str]:
+    """Give every recording with teacher targets `n` views per teacher window (``r.views``); returns notes."""
+    import soxr
+    from tqdm import tqdm
+
+    recs = [r for r in recs if r.teacher is not None]
+    plain, errors = tc.teacher_outputs([r.path for r in recs], cache_dir, threads=threads, progress=False)
+    starts = {p: o.starts_s for p, o in plain.items()}
+    outs, more = view_outputs(list(starts), starts, n, cache_dir, threads)
+    mapping = tc.map_labels(labels, tc.teacher_labels())
+    sr = int(frontend.mel.sample_rate)
+    fps = sr / frontend.hop
+    with torch.no_grad():
+        for r in tqdm([r for r in recs if r.path in outs], desc="augmented views", unit="file", leave=False):
+            x = audio.load(r.path, tc.TEACHER_RATE_HZ)
+            v = views_of(x, tc.TEACHER_RATE_HZ, starts[r.path], n)
+            v = np.stack([soxr.resample(w, tc.TEACHER_RATE_HZ, sr) for w in v]).astype(np.float32)
+            power = torch.cat([frontend.power_mel(torch.from_numpy(b)) for b in np.array_split(v, max(1, len(v) // 64))])
+            power = power[:, :, :window_frames]
+            if power.shape[2] < window_frames:
+                power = torch.nn.functional.pad(power, (0, window_frames - power.shape[2]))
+            r.views = ViewSet(power.to(torch.float16), tc.targets_for(outs[r.path], mapping, fps))
+    return [f"teacher views: {e}" for e in errors + more]
