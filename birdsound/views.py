@@ -5,13 +5,15 @@ the original, so a time-stretched or mixed window keeps targets the teacher neve
 teacher window of a recording gets `n` views made from that recording alone (so a cross-validation fold
 never sees another fold's audio): a speed change (resampled: pitch and tempo together), a smooth random
 equaliser, another stretch of the same recording mixed in, coloured noise. BirdNET scores every view; its
-outputs are cached like the plain windows' (:mod:`birdsound.teacher`), and the views are made again,
-identically, from the 48 kHz audio when training (each from its own seeded generator), resampled to the
-model's rate. Training-time only (the ``distill`` extra).
+outputs are cached like the plain windows' (:mod:`birdsound.teacher`); the views are made again,
+identically, from the 48 kHz audio for the student (each from its own seeded generator), resampled to the
+model's rate, and their mel power is cached too (per front end). Training-time only (the ``distill`` extra).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 
@@ -20,6 +22,7 @@ import torch
 
 from . import audio
 from . import teacher as tc
+from .util import atomic_path
 
 VIEW_VERSION = 1  # bump when make_view changes: cached teacher outputs of older views no longer apply
 SPEED = (0.87, 1.15)  # playback speed factors
@@ -137,14 +140,25 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
     mapping = tc.map_labels(labels, tc.teacher_labels())
     sr = int(frontend.mel.sample_rate)
     fps = sr / frontend.hop
+    fe = frontend.config()
+    mel_key = hashlib.sha256(json.dumps([sr, window_frames, fe["n_fft"], fe["hop"], fe["n_mels"], fe["fmin_hz"],
+                                         fe["fmax_hz"]]).encode()).hexdigest()[:12]
     with torch.no_grad():
         for r in tqdm([r for r in recs if r.path in outs], desc="augmented views", unit="file", leave=False):
-            x = audio.load(r.path, tc.TEACHER_RATE_HZ)
-            v = views_of(x, tc.TEACHER_RATE_HZ, starts[r.path], n)
-            v = np.stack([soxr.resample(w, tc.TEACHER_RATE_HZ, sr) for w in v]).astype(np.float32)
-            power = torch.cat([frontend.power_mel(torch.from_numpy(b)) for b in np.array_split(v, max(1, len(v) // 64))])
-            power = power[:, :, :window_frames]
-            if power.shape[2] < window_frames:
-                power = torch.nn.functional.pad(power, (0, window_frames - power.shape[2]))
-            r.views = ViewSet(power.to(torch.float16), tc.targets_for(outs[r.path], mapping, fps))
+            f = cache_file(cache_dir, r.path, n).replace(".npz", f"_mel{mel_key}.npz")
+            if os.path.exists(f):  # the views' mel power at this front end, made before
+                with np.load(f) as z:
+                    power = torch.from_numpy(z["power"])
+            else:
+                x = audio.load(r.path, tc.TEACHER_RATE_HZ)
+                v = views_of(x, tc.TEACHER_RATE_HZ, starts[r.path], n)
+                v = np.stack([soxr.resample(w, tc.TEACHER_RATE_HZ, sr) for w in v]).astype(np.float32)
+                power = torch.cat([frontend.power_mel(torch.from_numpy(b)) for b in np.array_split(v, max(1, len(v) // 64))])
+                power = power[:, :, :window_frames]
+                if power.shape[2] < window_frames:
+                    power = torch.nn.functional.pad(power, (0, window_frames - power.shape[2]))
+                power = power.to(torch.float16)
+                with atomic_path(f, ".npz") as tmp:
+                    np.savez(tmp, power=power.numpy())
+            r.views = ViewSet(power, tc.targets_for(outs[r.path], mapping, fps))
     return [f"teacher views: {e}" for e in errors + more]

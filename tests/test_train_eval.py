@@ -2,10 +2,10 @@
 --sensitivity and MP3 input, as a user runs them."""
 
 import csv
-from dataclasses import replace
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
+from birdsound import audio
 from birdsound.cli import main
 from conftest import SR, SYNTH_SPECIES, shared_data_or_skip, synth_call, tone_signal
 
@@ -230,8 +231,8 @@ def test_train_with_birdnet_teacher_on_species_it_lacks(synth_dataset, tmp_path)
     r = cli(*args, "--recipe", '{"aux_weight": 1.0, "views": 1, "sampler": {"view_p": 0.5}}')
     assert r.exit_code == 0, r.output
     assert {f: os.path.getmtime(cache / f) for f in files} == mtimes  # reused, not recomputed
-    views = sorted(set(os.listdir(cache)) - set(files))
-    assert len(views) == 6 and all("_views1_" in f for f in views), views
+    views = sorted(set(os.listdir(cache)) - set(files))  # BirdNET on the views, and their mel power
+    assert len(views) == 12 and all("_views1_" in f for f in views) and sum("_mel" in f for f in views) == 6, views
     z = np.load(cache / views[0])
     n_plain = len(np.load(cache / (views[0].split("_views")[0] + ".npz"))["starts_s"])
     assert z["logits"].shape == (n_plain, 6522) and len(z["starts_s"]) == n_plain
@@ -246,8 +247,15 @@ def test_train_with_birdnet_teacher_on_species_it_lacks(synth_dataset, tmp_path)
     assert sorted(os.listdir(cache)) == sorted(files + views)  # the teacher's outputs came from the cache
     from birdsound.augment import Sampler
     from birdsound.trainset import load_training_data
-    prep = load_training_data(synth_dataset, teacher="birdnet", cache_dir=str(cache))
+    prep = load_training_data(synth_dataset, teacher="birdnet", cache_dir=str(cache), views=1)
     assert all(r.teacher is not None for r in prep.recs)
+    # the cached mel power of a recording's views is that of its views made again from their seeds
+    import soxr
+    from birdsound import views as vw
+    r0 = prep.recs[0]
+    v = vw.views_of(audio.load(r0.path, 48000), 48000, r0.teacher.frames / prep.frame_rate, 1)
+    p = prep.frontend.power_mel(torch.from_numpy(np.stack([soxr.resample(w, 48000, 32000) for w in v]).astype(np.float32)))
+    np.testing.assert_allclose(r0.views.power.float().numpy(), p[:, :, :prep.window_frames].numpy(), rtol=2e-3, atol=1e-6)
     negatives = Sampler(prep.recs, prep.labels, prep.noise_powers, prep.window_frames, prep.frame_rate, 0,
                         negative_recs=prep.negative_recs).negatives
     # silence is learnt from the bird-free file, never from a recording of a species BirdNET lacks
