@@ -239,7 +239,7 @@ def teacher_outputs(paths: list[str], cache_dir: str, hop_s: float = TEACHER_HOP
             todo.append((p, f))
     if todo:
         net = BirdNet(threads)
-        for p, f in tqdm(todo, desc="teacher (BirdNET)", unit="file", disable=not progress):
+        for p, f in tqdm(todo, desc="teacher (BirdNET)", unit="file", disable=None if progress else True):
             try:
                 x = audio.load(p, TEACHER_RATE_HZ)
             except audio.AudioError as e:

@@ -104,7 +104,7 @@ def view_outputs(paths: list[str], starts: dict[str, np.ndarray], n: int, cache_
             todo.append((p, f))
     if todo:
         net = tc.BirdNet(threads)
-        for p, f in tqdm(todo, desc="teacher on augmented views", unit="file", disable=not progress):
+        for p, f in tqdm(todo, desc="teacher on augmented views", unit="file", disable=None if progress else True):
             try:
                 x = audio.load(p, tc.TEACHER_RATE_HZ)
             except audio.AudioError as e:
@@ -144,7 +144,7 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
     mel_key = hashlib.sha256(json.dumps([sr, window_frames, fe["n_fft"], fe["hop"], fe["n_mels"], fe["fmin_hz"],
                                          fe["fmax_hz"]]).encode()).hexdigest()[:12]
     with torch.no_grad():
-        for r in tqdm([r for r in recs if r.path in outs], desc="augmented views", unit="file", leave=False):
+        for r in tqdm([r for r in recs if r.path in outs], desc="augmented views", unit="file", leave=False, disable=None):
             f = cache_file(cache_dir, r.path, n).replace(".npz", f"_mel{mel_key}.npz")
             if os.path.exists(f):  # the views' mel power at this front end, made before
                 with np.load(f) as z:
