@@ -152,7 +152,7 @@ class Sampler:
         self.aux = self._aux_columns(list(recs) + list(negative_recs)) if aux and self.teacher else None
         # views (birdsound.views) where the teacher hears the recording's focal species
         self.view_pos = {id(r): np.flatnonzero(r.views.targets.probs[:, self.index[r.labels[0]]] >= POS_P)
-                         for r in recs if getattr(r, "views", None) is not None}
+                         for r in recs if r.views is not None}
 
     @staticmethod
     def _aux_columns(recs: list[Recording]) -> np.ndarray:

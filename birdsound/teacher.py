@@ -74,6 +74,7 @@ class TeacherTargets:
     other_max: np.ndarray
     all_logits: np.ndarray | None = None  # float16 [W, 6522]: every teacher label (all-class distillation)
     ours: np.ndarray | None = None  # the teacher columns of our (mapped) labels
+    starts_s: np.ndarray | None = None  # each teacher window's start (s), as the teacher's cache holds it
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -92,7 +93,7 @@ def targets_for(out: TeacherOutput, mapping: np.ndarray, frame_rate: float) -> T
     ours_max = np.nanmax(np.where(np.isnan(probs), -1.0, probs), axis=1) if known.any() else np.zeros(len(lg))
     return TeacherTargets(np.round(out.starts_s * frame_rate).astype(np.int64), probs, logits, out.embeddings,
                           ours_max.astype(np.float32), sigmoid(lg[:, others]).max(axis=1).astype(np.float32),
-                          out.logits, mapping[known])
+                          out.logits, mapping[known], out.starts_s)
 
 
 def empty(t: TeacherTargets, columns) -> np.ndarray:

@@ -5,9 +5,9 @@ the original, so a time-stretched or mixed window keeps targets the teacher neve
 teacher window of a recording gets `n` views made from that recording alone (so a cross-validation fold
 never sees another fold's audio): a speed change (resampled: pitch and tempo together), a smooth random
 equaliser, another stretch of the same recording mixed in, coloured noise. BirdNET scores every view; its
-outputs are cached like the plain windows' (:mod:`birdsound.teacher`); the views are made again,
-identically, from the 48 kHz audio for the student (each from its own seeded generator), resampled to the
-model's rate, and their mel power is cached too (per front end). Training-time only (the ``distill`` extra).
+outputs are cached beside the plain windows' (:mod:`birdsound.teacher`), and so is the views' mel power at
+the model's rate (per front end); each view comes from its own seeded generator, so both can be made again
+identically. Training-time only (the ``distill`` extra).
 """
 
 from __future__ import annotations
@@ -88,36 +88,6 @@ def cache_file(cache_dir: str, path: str, n: int) -> str:
     return os.path.join(cache_dir, f"{tc.content_key(path, tc.TEACHER_HOP_S)}_views{n}_v{VIEW_VERSION}.npz")
 
 
-def view_outputs(paths: list[str], starts: dict[str, np.ndarray], n: int, cache_dir: str, threads: int = 2,
-                 progress: bool = True) -> tuple[dict[str, tc.TeacherOutput], list[str]]:
-    """The teacher's outputs on the `n` views of each teacher window (`starts`: their start times, s, per
-    file), from the cache or computed and cached; rows as in :func:`views_of`, ``starts_s`` the source
-    window of each row. Returns ({path: outputs}, error lines)."""
-    from tqdm import tqdm
-
-    out, errors, todo = {}, [], []
-    for p in paths:
-        f = cache_file(cache_dir, p, n)
-        if os.path.exists(f):
-            out[p] = tc.load_cached(f)
-        else:
-            todo.append((p, f))
-    if todo:
-        net = tc.BirdNet(threads)
-        for p, f in tqdm(todo, desc="teacher on augmented views", unit="file", disable=None if progress else True):
-            try:
-                x = audio.load(p, tc.TEACHER_RATE_HZ)
-            except audio.AudioError as e:
-                errors.append(str(e))
-                continue
-            v = views_of(x, tc.TEACHER_RATE_HZ, starts[p], n)
-            o = net.run(v.reshape(-1), hop_s=tc.TEACHER_WINDOW_S)  # the views end to end: one window each
-            o = tc.TeacherOutput(np.repeat(starts[p], n).astype(np.float32), o.logits[:len(v)], o.embeddings[:len(v)])
-            tc.save_cached(f, o)
-            out[p] = o
-    return out, errors
-
-
 @dataclass
 class ViewSet:
     """A recording's views as the student sees them: mel power crops ``[V, F, window_frames]`` (float16) and
@@ -129,36 +99,52 @@ class ViewSet:
 
 def attach_views(recs: list, labels: list[str], frontend, window_frames: int, cache_dir: str, n: int,
                  threads: int = 2) -> list[str]:
-    """Give every recording with teacher targets `n` views per teacher window (``r.views``); returns notes."""
+    """Give every recording with teacher targets `n` views per teacher window (``r.views``); returns notes.
+
+    BirdNET's outputs on the views and the views' mel power at this front end are cached beside the
+    teacher's plain outputs; where either is missing the recording is decoded and its views made once.
+    """
     import soxr
     from tqdm import tqdm
 
-    recs = [r for r in recs if r.teacher is not None]
-    plain, errors = tc.teacher_outputs([r.path for r in recs], cache_dir, threads=threads, progress=False)
-    starts = {p: o.starts_s for p, o in plain.items()}
-    outs, more = view_outputs(list(starts), starts, n, cache_dir, threads)
     mapping = tc.map_labels(labels, tc.teacher_labels())
     sr = int(frontend.mel.sample_rate)
-    fps = sr / frontend.hop
     fe = frontend.config()
     mel_key = hashlib.sha256(json.dumps([sr, window_frames, fe["n_fft"], fe["hop"], fe["n_mels"], fe["fmin_hz"],
                                          fe["fmax_hz"]]).encode()).hexdigest()[:12]
+    net, notes = None, []
     with torch.no_grad():
-        for r in tqdm([r for r in recs if r.path in outs], desc="augmented views", unit="file", leave=False, disable=None):
-            f = cache_file(cache_dir, r.path, n).replace(".npz", f"_mel{mel_key}.npz")
-            if os.path.exists(f):  # the views' mel power at this front end, made before
-                with np.load(f) as z:
+        for r in tqdm([r for r in recs if r.teacher is not None], desc="augmented views", unit="file", leave=False,
+                      disable=None):
+            f = cache_file(cache_dir, r.path, n)
+            f_mel = f.replace(".npz", f"_mel{mel_key}.npz")
+            out = tc.load_cached(f) if os.path.exists(f) else None
+            power = None
+            if os.path.exists(f_mel):
+                with np.load(f_mel) as z:
                     power = torch.from_numpy(z["power"])
-            else:
-                x = audio.load(r.path, tc.TEACHER_RATE_HZ)
-                v = views_of(x, tc.TEACHER_RATE_HZ, starts[r.path], n)
-                v = np.stack([soxr.resample(w, tc.TEACHER_RATE_HZ, sr) for w in v]).astype(np.float32)
-                power = torch.cat([frontend.power_mel(torch.from_numpy(b)) for b in np.array_split(v, max(1, len(v) // 64))])
-                power = power[:, :, :window_frames]
-                if power.shape[2] < window_frames:
-                    power = torch.nn.functional.pad(power, (0, window_frames - power.shape[2]))
-                power = power.to(torch.float16)
-                with atomic_path(f, ".npz") as tmp:
-                    np.savez(tmp, power=power.numpy())
-            r.views = ViewSet(power, tc.targets_for(outs[r.path], mapping, fps))
-    return [f"teacher views: {e}" for e in errors + more]
+            if out is None or power is None:
+                try:
+                    x = audio.load(r.path, tc.TEACHER_RATE_HZ)
+                except audio.AudioError as e:
+                    notes.append(f"teacher views: {e}")
+                    continue
+                starts = r.teacher.starts_s
+                v = views_of(x, tc.TEACHER_RATE_HZ, starts, n)
+                if out is None:  # BirdNET on the views end to end: one window each
+                    net = net or tc.BirdNet(threads)
+                    o = net.run(v.reshape(-1), hop_s=tc.TEACHER_WINDOW_S)
+                    out = tc.TeacherOutput(np.repeat(starts, n).astype(np.float32), o.logits[:len(v)],
+                                           o.embeddings[:len(v)])
+                    tc.save_cached(f, out)
+                if power is None:
+                    v = np.stack([soxr.resample(w, tc.TEACHER_RATE_HZ, sr) for w in v]).astype(np.float32)
+                    power = torch.cat([frontend.power_mel(torch.from_numpy(b))
+                                       for b in np.array_split(v, max(1, len(v) // 64))])[:, :, :window_frames]
+                    if power.shape[2] < window_frames:
+                        power = torch.nn.functional.pad(power, (0, window_frames - power.shape[2]))
+                    power = power.to(torch.float16)
+                    with atomic_path(f_mel, ".npz") as tmp:
+                        np.savez(tmp, power=power.numpy())
+            r.views = ViewSet(power, tc.targets_for(out, mapping, sr / frontend.hop))
+    return notes
