@@ -202,10 +202,18 @@ def recall_capped(offset: float, present_logits: np.ndarray, min_conf: float = D
     the recall without an offset: silence bought with all of the recall makes a detector that hears nothing."""
     if not len(present_logits) or offset <= 0:
         return offset
-    thr = threshold(min_conf)
-    z = np.sort(np.asarray(present_logits))[::-1]
-    need = int(np.ceil(kept * np.sum(z >= thr) - 1e-9))  # windows that must stay detections
-    return float(min(offset, max(0.0, z[need - 1] - thr))) if need else offset
+    need = int(np.ceil(kept * np.sum(np.asarray(present_logits) >= threshold(min_conf)) - 1e-9))  # must stay detections
+    return float(min(offset, max(0.0, offset_keeping(present_logits, need, min_conf)))) if need else offset
+
+
+def offset_keeping(present_logits: np.ndarray, n: int, min_conf: float = DEFAULT_MIN_CONF) -> float:
+    """The largest logit offset (may be negative) at which the `n` (>= 1) highest of `present_logits` are still
+    detections at `min_conf` (as :func:`at_offset` compares: ``logit >= threshold + offset``, exactly)."""
+    z, thr = float(np.sort(np.asarray(present_logits))[::-1][n - 1]), threshold(min_conf)
+    b = z - thr
+    while thr + b > z:  # z - thr can round up: step down to where the window still counts
+        b = float(np.nextafter(b, -np.inf))
+    return b
 
 
 def offset_curve(folds: list[dict], offsets=np.arange(0.0, 8.01, 0.5), min_conf: float = DEFAULT_MIN_CONF) -> list[dict]:

@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from birdsound.crossval import at_offset
+from birdsound.crossval import at_offset, offset_keeping
 
 
 def main() -> None:
@@ -48,15 +48,8 @@ def main() -> None:
 
 def offset_for_recall(present: np.ndarray, recall: float) -> float:
     """The largest logit offset at which at least `recall` of the windows where the bird is there are
-    still detected at min-conf 0.25 (recall only falls as the offset grows)."""
-    lo, hi = -20.0, 20.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if at_offset(np.zeros(0), 0.0, present, mid)["recall_at_default"] >= recall:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    still detected at min-conf 0.25."""
+    return offset_keeping(present, max(1, int(np.ceil(recall * len(present) - 1e-9))))
 
 
 if __name__ == "__main__":

@@ -511,3 +511,9 @@ def test_calibration_offset_meets_the_false_detection_target_unless_it_costs_ove
     assert crossval.at_offset(free, 0.5, present, capped)["recall_at_default"] == 5 / 8
     assert crossval.at_offset(free, 0.5, present, capped + 1e-3)["recall_at_default"] == 4 / 8
     assert crossval.recall_capped(0.5, present) == 0.5  # an offset that costs little is kept as it is
+    # the offset keeping exactly the n strongest present windows, even where logit - threshold rounds up
+    for n in range(1, 9):
+        assert crossval.at_offset(free, 0.5, present, crossval.offset_keeping(present, n))["recall_at_default"] == n / 8
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=2000) * 3
+    assert all(np.sum(z >= crossval.threshold() + crossval.offset_keeping(z, n)) >= n for n in range(1, 2001, 7))
