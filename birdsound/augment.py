@@ -51,6 +51,8 @@ class SamplerConfig:
     eq_db: float = 6.0
     view_p: float = 0.0  # chance a species window is one of its recording's augmented views, with the teacher's
     #                      targets on exactly that audio (needs views: birdsound.views)
+    view_negative_p: float = 0.0  # chance a teacher-empty real negative is one of its recording's views in which
+    #                               the teacher hears none of our species (so augmented audio is not a bird cue)
 
 
 @dataclass
@@ -153,6 +155,9 @@ class Sampler:
         # views (birdsound.views) where the teacher hears the recording's focal species
         self.view_pos = {id(r): np.flatnonzero(r.views.targets.probs[:, self.index[r.labels[0]]] >= POS_P)
                          for r in recs if r.views is not None}
+        # ... and views in which it hears none of ours (a recording's teacher-empty views)
+        self.view_neg = {id(r): np.flatnonzero(empty(r.views.targets, [self.index[lab] for lab in r.labels]))
+                         for r in recs if r.views is not None}
 
     @staticmethod
     def _aux_columns(recs: list[Recording]) -> np.ndarray:
@@ -242,6 +247,13 @@ class Sampler:
             if self.cfg.other_share and self.other_negatives and self.rng.random() < self.cfg.other_share:
                 pool = self.other_negatives
             r, rows = self.rng.choice(pool)
+            if self.cfg.view_negative_p and r.views is not None and self.rng.random() < self.cfg.view_negative_p:
+                quiet = self.view_neg.get(id(r))
+                if quiet is not None and len(quiet):  # a view in which the teacher hears none of ours
+                    j = int(self.rng.choice(quiet))
+                    it = self._targets(r.views.targets, j, zero)
+                    it.x = r.views.power[j].float()
+                    return it
             j = int(self.rng.choice(rows))
             it = self._targets(r.teacher, j, zero)
             it.x = self._at(r, int(r.teacher.frames[j]) + self.rng.randint(-self.jitter, self.jitter))

@@ -434,6 +434,53 @@ def test_sampler_other_share_draws_negatives_where_the_teacher_hears_something_n
     assert all(250 - 25 <= x <= 450 + 25 for x in anywhere) and sum(abs(x - 350) > 25 for x in anywhere) > 100
 
 
+def test_sampler_draws_views_as_bird_free_windows_only_where_the_teacher_hears_none_of_ours():
+    """view_negative_p: a real bird-free draw may be one of its recording's augmented views, but only a view in
+    which BirdNET hears none of our species, trained towards (almost) nothing and the teacher's logits on that view;
+    off by default (no view is ever drawn as a negative)."""
+    from birdsound.augment import Sampler, SamplerConfig
+    from birdsound.dataset import Recording
+    from birdsound.teacher import TeacherTargets
+    from birdsound.views import ViewSet
+
+    fps, wf, n_win, n_views = 50.0, 150, 10, 2
+    labels = ["Avis alpha_Alpha", "Avis beta_Beta"]
+
+    def targets(n, heard):
+        probs = np.full((n, 2), 0.01, np.float32)
+        probs[heard] = 0.9
+        lg = np.log(probs / (1 - probs))
+        lg[:, 1] += np.arange(n)  # each row's logits tell which row was drawn
+        return TeacherTargets(np.arange(n) * 50, probs, lg, np.zeros((n, 4), np.float16), probs.max(axis=1),
+                              np.zeros(n, np.float32))
+
+    recs = []
+    for k, lab in enumerate(labels):
+        heard = (np.s_[:5], k)  # the focal bird in the first five windows; in views 0-9 of them (2 per window)
+        power = torch.zeros(8, n_win * 50 + wf)
+        vt = targets(n_win * n_views, (np.s_[:10], k))
+        vt.probs[13, 1 - k] = 0.9  # one view of a bird-free window in which the teacher hears our other species
+        vt.ours_max[:] = vt.probs.max(axis=1)
+        vpower = (-torch.arange(1, n_win * n_views + 1, dtype=torch.float32))[:, None, None].expand(-1, 8, wf)
+        recs.append(Recording(f"{lab}.wav", [lab], power=power, starts=np.arange(0, 250, 8),
+                              teacher=targets(n_win, heard), views=ViewSet(vpower.clone(), vt)))
+
+    def negatives(p):
+        s = Sampler(recs, labels, [torch.ones(8, 400)], wf, fps, 0, SamplerConfig(real_negative_share=1.0,
+                                                                                  view_negative_p=p))
+        return [s.negative_window() for _ in range(300)]
+
+    drawn = negatives(1.0)
+    rows = [-int(it.x[0, 0]) - 1 for it in drawn]
+    assert all(it.x.min() < 0 for it in drawn)  # every draw a view ...
+    assert set(rows) == set(range(10, 20)) - {13}, sorted(set(rows))  # ... of a window the teacher finds empty
+    for it, j in zip(drawn, rows):
+        assert it.y.max() < 0.01 and it.kd[1] == pytest.approx(np.log(0.01 / 0.99) + j)  # its own teacher row
+    mixed = [it.x.min() < 0 for it in negatives(0.5)]
+    assert 100 < sum(mixed) < 200
+    assert not any(it.x.min() < 0 for it in negatives(0.0))  # off: plain windows only
+
+
 def test_sampler_aux_gives_the_teacher_logits_of_every_other_label_it_hears_mixed_as_the_sound_is():
     """All-class distillation: the labels not of ours that BirdNET hears somewhere (p >= AUX_P) are the aux
     columns; a window's aux target is its teacher row, a mix of two windows the maximum, and background
