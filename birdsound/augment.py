@@ -219,19 +219,28 @@ class Sampler:
             x = x * (10 ** (curve / 10))[:, None]
         return x
 
+    def _view(self, r: Recording, p: float, rows: dict, hard: np.ndarray) -> _Item | None:
+        """With chance `p`, one of `r`'s augmented views among ``rows[id(r)]``, with the teacher's targets on
+        exactly that audio; None when not drawn (or `r` has no such view)."""
+        if not p or r.views is None or self.rng.random() >= p:
+            return None
+        cand = rows.get(id(r))
+        if cand is None or not len(cand):
+            return None
+        j = int(self.rng.choice(cand))
+        it = self._targets(r.views.targets, j, hard)
+        it.x = r.views.power[j].float()
+        return it
+
     def species_window(self, c: int | None = None) -> tuple[_Item, int]:
         c = self.rng.choice(self.species) if c is None else c
         r, starts, rows = self.rng.choice(self.pos[c])
         hard = np.zeros(self.n, np.float32)
         for lab in r.labels:
             hard[self.index[lab]] = 1.0
-        if self.cfg.view_p and r.views is not None and self.rng.random() < self.cfg.view_p:
-            heard = self.view_pos.get(id(r))
-            if heard is not None and len(heard):  # a view in which the teacher hears the focal bird
-                j = int(self.rng.choice(heard))
-                it = self._targets(r.views.targets, j, hard)
-                it.x = r.views.power[j].float()
-                return it, c
+        it = self._view(r, self.cfg.view_p, self.view_pos, hard)  # a view in which the teacher hears the focal bird
+        if it is not None:
+            return it, c
         k = self.rng.randrange(len(starts))
         jitter = self.rng.randint(-self.jitter, self.jitter) if rows[k] >= 0 else self.rng.randint(0, CANDIDATE_STEP_FRAMES - 1)
         it = self._targets(r.teacher, int(rows[k]), hard)
@@ -247,13 +256,9 @@ class Sampler:
             if self.cfg.other_share and self.other_negatives and self.rng.random() < self.cfg.other_share:
                 pool = self.other_negatives
             r, rows = self.rng.choice(pool)
-            if self.cfg.view_negative_p and r.views is not None and self.rng.random() < self.cfg.view_negative_p:
-                quiet = self.view_neg.get(id(r))
-                if quiet is not None and len(quiet):  # a view in which the teacher hears none of ours
-                    j = int(self.rng.choice(quiet))
-                    it = self._targets(r.views.targets, j, zero)
-                    it.x = r.views.power[j].float()
-                    return it
+            it = self._view(r, self.cfg.view_negative_p, self.view_neg, zero)  # ... in which it hears none of ours
+            if it is not None:
+                return it
             j = int(self.rng.choice(rows))
             it = self._targets(r.teacher, j, zero)
             it.x = self._at(r, int(r.teacher.frames[j]) + self.rng.randint(-self.jitter, self.jitter))
