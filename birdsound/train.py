@@ -53,7 +53,8 @@ class TrainConfig:
     aux_weight: float = 0.0  # all-class distillation: the teacher's logits of every label not of ours that it
     #                          hears in the training audio (other birds, speech, ...), through a training-only head
     eval_every: int = 500
-    views: int = 0  # augmented views per teacher window, scored by the teacher (birdsound.views; sampler.view_p, view_negative_p)
+    views: int = 0  # augmented views per teacher window, scored by the teacher (birdsound.views; drawn with
+    #                 sampler.view_p and sampler.view_negative_p)
     ema_decay: float = 0.0  # > 0: train on, but evaluate and keep, an exponential moving average of the weights
     #                         (and batch-norm statistics); the last step's own weights are scored beside it
     sampler: SamplerConfig = field(default_factory=SamplerConfig)

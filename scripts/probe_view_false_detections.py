@@ -17,12 +17,11 @@ import json
 import numpy as np
 import torch
 
-from birdsound.augment import crop
+from birdsound.crossval import window_probs
+from birdsound.detect import DEFAULT_MIN_CONF
 from birdsound.model import load_checkpoint
 from birdsound.teacher import empty
 from birdsound.trainset import load_training_data
-
-FIRE_P = 0.25  # the default min-conf
 
 
 def main() -> None:
@@ -49,11 +48,10 @@ def main() -> None:
                         continue
                     cols = [index[lab] for lab in r.labels]
                     if len(e := np.flatnonzero(empty(r.teacher, cols))):
-                        x = torch.stack([crop(r.power, int(f), prep.window_frames) for f in r.teacher.frames[e]])
-                        plain.append(torch.sigmoid(net.forward_mel(x)).max(1).values.numpy())
+                        plain.append(window_probs(net, r.power, r.teacher.frames[e], prep.window_frames).max(1))
                     if len(ev := np.flatnonzero(empty(r.views.targets, cols))):
                         views.append(torch.sigmoid(net.forward_mel(r.views.power[ev].float())).max(1).values.numpy())
-            out[f"{run}/fold{k}"] = {name: {"windows": int(len(v)), "fire": round(float(np.mean(v >= FIRE_P)), 3),
+            out[f"{run}/fold{k}"] = {name: {"windows": int(len(v)), "fire": round(float(np.mean(v >= DEFAULT_MIN_CONF)), 3),
                                             "mean_max_p": round(float(v.mean()), 3)}
                                      for name, v in (("plain", np.concatenate(plain)), ("views", np.concatenate(views)))}
     print(json.dumps(out, indent=1))
