@@ -1,4 +1,4 @@
-"""Command line: ``birdsound analyze | listen | devices | info | train | evaluate | embed | export``.
+"""Command line: ``birdsound analyze | listen | devices | info | train | ensemble | evaluate | embed | export``.
 
 Thin on purpose: parses options, calls the stages, turns their errors into one clear line.
 """
@@ -298,6 +298,27 @@ def train(data, out_dir, steps, batch_size, folds, cv_only, cv_from, seed, teach
             f"{k} {cv['mean'][k]:.3f}" for k in ("recording_top1", "recording_top5", "window_macro_ap",
                                                   "false_detections_per_hour") if k in cv["mean"]))
     click.echo(f"wrote {out_dir} in {report['wall_s']:.0f} s")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the ensemble's model.pt, metrics.json and cv_logits.npz.")
+@click.option("--model-version", required=True, help="Version string stored in the model file.")
+@click.option("--license", "license_", default=None, help="Licence of the weights (default: the runs' own, if one).")
+def ensemble(runs, out_dir, model_version, license_):
+    """Average the cross-validated training RUNS (`train --folds K` folders of the same data and seed) into
+    one model: the mean of their logits, scored and calibrated on their held-out logits (no audio)."""
+    from . import ensemble as en
+    from .metadata import ModelError
+
+    try:
+        rep = en.ensemble(list(runs), out_dir, model_version, license_, log=click.echo)
+    except (en.EnsembleError, ModelError) as e:
+        fail(str(e))
+    m = rep["cross_validation"]["mean"]
+    click.echo(f"recording top-1 {m['recording_top1']:.3f}, top-5 {m['recording_top5']:.3f}, window macro AP "
+               f"{m['window_macro_ap']:.3f}; wrote {os.path.join(out_dir, 'model.pt')}")
 
 
 @main.command(context_settings=CONTEXT)

@@ -16,8 +16,8 @@ import torch
 from .augment import crop
 from .dataset import Recording
 from .detect import DEFAULT_MIN_CONF
-from .teacher import empty, on_grid
-from .metrics import RECORDING_SCORES, false_detections, macro_ap, macro_auc, recording_scores, topk_accuracy
+from .teacher import empty, on_grid, sigmoid
+from .metrics import RECORDING_SCORES, macro_ap, macro_auc, recording_scores, topk_accuracy
 
 EVAL_HOP_S = 1.5  # hop of validation windows for window and recording metrics
 FALSE_DETECTIONS_TARGET = 2.0  # per hour of bird-free audio at the default min_conf: what the offset aims at
@@ -86,47 +86,56 @@ def validate(net, prep, recs: list[Recording], negatives: list[Recording] = ()) 
     wf, fps = prep.window_frames, prep.frame_rate
     hop = int(round(EVAL_HOP_S * fps))
     window_s = prep.window_s  # default settings: windows of the model's length, no overlap
-    T, S, true, per_rec, starts = [], [], [], [], []
+    starts, per_rec = [], []
     for r in recs:
         starts.append(full_window_starts(r.power, wf, hop))
-        probs = window_probs(net, r.power, starts[-1], wf)
-        t = np.zeros_like(probs)
-        for lab in r.labels:
-            t[:, index[lab]] = 1
-        T.append(t)
-        S.append(probs)
-        true.append(index[r.labels[0]])
-        per_rec.append(probs)
-    T, S, y = np.concatenate(T), np.concatenate(S), np.array(true)
+        per_rec.append(window_probs(net, r.power, starts[-1], wf))
+    y = np.array([index[r.labels[0]] for r in recs])
+    # false detections at default settings: windows of window_s, no overlap
+    free_starts = [bird_free_windows(r, [index[lab] for lab in r.labels], wf, fps, window_s) for r in recs]
+    free = [window_probs(net, r.power, s, wf) for r, s in zip(recs, free_starts) if s]
+    neg = [window_probs(net, r.power, s, wf) for r in negatives if (s := bird_free_windows(r, [], wf, fps, window_s))]
+    # what a logit offset (calibration) needs: every bird-free logit by source (see bird_free), and the focal
+    # logit where the bird is there
+    hours = [sum(len(f) for f in src) * window_s / 3600.0 for src in (free, neg)]
+    out = {"_free_recordings_logits": logit(np.concatenate(free).ravel()) if free else np.zeros(0),
+           "_free_files_logits": logit(np.concatenate(neg).ravel()) if neg else np.zeros(0),
+           "_free_hours_by_source": np.array(hours)}
+    present = [logit(window_probs(net, r.power, s, wf)[:, index[r.labels[0]]]) for r in recs
+               if (s := present_windows(r, index[r.labels[0]], wf, fps, window_s))]
+    out["_present_logits"] = np.concatenate(present) if present else np.zeros(0)
+    # which window is which, so that a later look (scripts/cv_*.py) needs neither the audio nor the folds
+    out.update(held_out_windows(recs, labels, y, starts, np.concatenate(per_rec), free_starts, fps))
+    return {**metrics_of(out, len(labels)), **out}
+
+
+def metrics_of(arrays: dict, n_labels: int) -> dict:
+    """The held-out metrics of :func:`validate` from its held-out arrays alone (the ``_`` keys it returns and
+    ``cv_logits.npz`` keeps), so that models can be scored on windows already scored, e.g. an ensemble on the
+    mean of its members' logits."""
+    S = sigmoid(arrays["_window_logits"].astype(np.float64))
+    rec, y = arrays["_window_recording"], arrays["_recording_focal"]
+    T = arrays["_recording_targets"][rec]
     out = {"window_macro_ap": macro_ap(T, S)[0], "window_macro_auc": macro_auc(T, S),
-           "n_recordings": len(recs), "n_windows": int(len(T))}
+           "n_recordings": len(y), "n_windows": int(len(S))}
+    per_rec = [S[rec == i] for i in range(len(y))]
     for method in RECORDING_SCORES:
         R = np.stack([recording_scores(p, method) for p in per_rec])
         out[f"recording_top1_{method}"] = topk_accuracy(y, R, 1)
         out[f"recording_top5_{method}"] = topk_accuracy(y, R, 5)
-    # false detections at default settings: windows of window_s, no overlap
+    # false detections at the default min_conf, by source (bird-free files only where there were any)
     fd = {}
-    free_starts = [bird_free_windows(r, [index[lab] for lab in r.labels], wf, fps, window_s) for r in recs]
-    free = [window_probs(net, r.power, s, wf) for r, s in zip(recs, free_starts) if s]
-    fd["validation_recordings"] = false_detections(np.concatenate(free) if free else np.zeros((0, len(labels))),
-                                                   window_s, DEFAULT_MIN_CONF)
-    neg = [window_probs(net, r.power, s, wf) for r in negatives if (s := bird_free_windows(r, [], wf, fps, window_s))]
-    if neg:
-        fd["bird_free_files"] = false_detections(np.concatenate(neg), window_s, DEFAULT_MIN_CONF)
+    for src, key, hours in zip(FREE_SOURCES, ("_free_recordings_logits", "_free_files_logits"),
+                               arrays["_free_hours_by_source"]):
+        z = arrays[key]
+        if len(z) or src == FREE_SOURCES[0]:
+            n = int((z >= threshold()).sum())
+            fd[src] = {"detections": n, "hours": float(hours), "windows": len(z) // n_labels,
+                       "per_hour": n / hours if hours else float("nan")}
     hours = sum(v["hours"] for v in fd.values())
     out["false_detections"] = fd
     out["false_detections_per_hour"] = sum(v["detections"] for v in fd.values()) / hours if hours else float("nan")
-    # what a logit offset (calibration) needs: every bird-free logit by source (see bird_free), and the focal
-    # logit where the bird is there
-    out["_free_recordings_logits"] = logit(np.concatenate(free).ravel()) if free else np.zeros(0)
-    out["_free_files_logits"] = logit(np.concatenate(neg).ravel()) if neg else np.zeros(0)
-    out["_free_hours_by_source"] = np.array([fd[src]["hours"] if src in fd else 0.0 for src in FREE_SOURCES])
-    present = [logit(window_probs(net, r.power, s, wf)[:, index[r.labels[0]]]) for r in recs
-               if (s := present_windows(r, index[r.labels[0]], wf, fps, window_s))]
-    out["_present_logits"] = np.concatenate(present) if present else np.zeros(0)
-    out["recall_at_default"] = at_offset(np.zeros(0), 0.0, out["_present_logits"], 0.0)["recall_at_default"]
-    # which window is which, so that a later look (scripts/cv_*.py) needs neither the audio nor the folds
-    out.update(held_out_windows(recs, labels, y, starts, S, free_starts, fps))
+    out["recall_at_default"] = at_offset(np.zeros(0), 0.0, arrays["_present_logits"], 0.0)["recall_at_default"]
     return out
 
 

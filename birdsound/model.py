@@ -184,15 +184,36 @@ def load_pretrained(backbone: MNBackbone, path: str) -> int:
     return len(take)
 
 
+class EnsembleBackbone(nn.Module):
+    """Several backbones side by side on the same input: their embeddings concatenated. With a head whose
+    weights are the members' heads side by side, each divided by their number, the logits are the mean of
+    the members' logits (:func:`average`)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: list[torch.Tensor] = []
+        for m in self.members:
+            out.append(m(x))
+        return torch.cat(out, dim=1)
+
+
 def make_backbone(config: dict | None) -> nn.Module:
-    """The backbone a model's metadata names (``backbone``: {"type": "mn", "depth": 12}); v1 models have none."""
+    """The backbone a model's metadata names (``backbone``: {"type": "mn", "depth": 12}, or {"type": "ensemble",
+    "members": [config, ...]}); v1 models have none."""
     config = config or {}
     if config.get("type") == "mn":
         return MNBackbone(int(config.get("depth", 12)))
+    if config.get("type") == "ensemble":
+        return EnsembleBackbone([make_backbone(c) for c in config["members"]])
     return Backbone()
 
 
 def embed_dim(backbone: nn.Module) -> int:
+    if isinstance(backbone, EnsembleBackbone):
+        return sum(embed_dim(m) for m in backbone.members)
     return 2 * backbone.out_channels if isinstance(backbone, MNBackbone) else EMBED_DIM
 
 
@@ -216,6 +237,27 @@ class BirdNetLite(nn.Module):
 
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.embed(pcm)))
+
+
+def average(nets: list[BirdNetLite], backbones: list[dict | None]) -> BirdNetLite:
+    """One model whose logits are the mean of the logits of `nets` (same labels, sample rate and front end;
+    `backbones`: each net's ``backbone`` metadata). Its backbone is their backbones side by side
+    (:class:`EnsembleBackbone`, metadata ``{"type": "ensemble", "members": backbones}``), its head theirs."""
+    first = nets[0]
+    config = first.frontend.config()
+    key = lambda net: (net.frontend.config(), int(net.frontend.mel.sample_rate), net.head.out_features)  # noqa: E731
+    for net in nets[1:]:
+        if key(net) != key(first):
+            raise ModelError(f"models to average differ in front end, sample rate or labels: {key(net)} / {key(first)}")
+    out = BirdNetLite(first.head.out_features, int(first.frontend.mel.sample_rate), frontend=config,
+                      backbone={"type": "ensemble", "members": backbones})
+    out.frontend.load_state_dict(first.frontend.state_dict())
+    with torch.no_grad():
+        for mine, net in zip(out.backbone.members, nets):
+            mine.load_state_dict(net.backbone.state_dict())
+        out.head.weight.copy_(torch.cat([net.head.weight for net in nets], dim=1) / len(nets))
+        out.head.bias.copy_(torch.stack([net.head.bias for net in nets]).mean(dim=0))
+    return out.eval()
 
 
 def frontend_kwargs(config: dict) -> dict:

@@ -153,24 +153,83 @@ def test_cv_only_keeps_fold_models_and_cv_from_trains_the_final_model_as_one_run
     assert not (tmp_path / "x").exists()
 
 
-def test_ema_decay_keeps_the_moving_average_and_scores_the_last_weights_beside_it(synth_dataset, tmp_path):
-    """ema_decay trains the same weights (the last step's, scored as raw_weights, equal a run without it) but
-    evaluates, calibrates and keeps their moving average."""
+@pytest.fixture(scope="module")
+def plain_and_ema(synth_dataset, tmp_path_factory):
+    """Two cross-validated runs of one seed and data (same folds): plain, and with ema_decay 0.9."""
     from birdsound.train import TrainConfig, train
+    root = tmp_path_factory.mktemp("plain_and_ema")
     cfg = TrainConfig(steps=40, batch_size=16, eval_every=20)
     logs = []
-    plain = train(synth_dataset, str(tmp_path / "plain"), cfg, folds=2, log=lambda m: None)
-    ema = train(synth_dataset, str(tmp_path / "ema"), replace(cfg, ema_decay=0.9), folds=2, log=logs.append)
+    plain = train(synth_dataset, str(root / "plain"), cfg, folds=2, log=lambda m: None)
+    ema = train(synth_dataset, str(root / "ema"), replace(cfg, ema_decay=0.9), folds=2, log=logs.append)
+    return root, plain, ema, logs
+
+
+def test_ema_decay_keeps_the_moving_average_and_scores_the_last_weights_beside_it(plain_and_ema):
+    """ema_decay trains the same weights (the last step's, scored as raw_weights, equal a run without it) but
+    evaluates, calibrates and keeps their moving average."""
+    root, plain, ema, logs = plain_and_ema
     for p, e in zip(plain["cross_validation"]["folds"], ema["cross_validation"]["folds"]):
         assert e["raw_weights"]["window_macro_ap"] == p["window_macro_ap"]
         assert e["raw_weights"]["recording_top1"] == p["recording_top1_top25"]
     assert "raw_weights" in ema["cross_validation"]["mean"]
     assert any(m.startswith("weights' moving average against the last step's own weights") for m in logs), logs
-    wp = torch.load(tmp_path / "plain" / "model.pt", weights_only=True)["state_dict"]
-    we = torch.load(tmp_path / "ema" / "model.pt", weights_only=True)["state_dict"]
+    wp = torch.load(root / "plain" / "model.pt", weights_only=True)["state_dict"]
+    we = torch.load(root / "ema" / "model.pt", weights_only=True)["state_dict"]
     assert wp.keys() == we.keys() and not all(torch.equal(wp[k], we[k]) for k in wp)
     from birdsound.runtime import load_model
-    assert load_model(str(tmp_path / "ema" / "model.pt")).predict(np.zeros((1, 96000), np.float32)).shape == (1, 3)
+    assert load_model(str(root / "ema" / "model.pt")).predict(np.zeros((1, 96000), np.float32)).shape == (1, 3)
+
+
+def test_ensemble_averages_two_runs_logits_and_scores_them_from_their_held_out_logits(plain_and_ema, tmp_path):
+    """birdsound ensemble: one model file whose logits are the mean of the runs' raw logits less its own
+    offset; its cross-validation is that of the mean held-out logits (of one run with itself: that run's);
+    it exports; runs whose folds differ are one line naming the run."""
+    from birdsound.metrics import macro_ap
+    from birdsound.model import load_checkpoint
+    from birdsound.teacher import sigmoid
+    root, plain, ema, _ = plain_and_ema
+    r = cli("ensemble", str(root / "plain"), str(root / "ema"), "-o", str(tmp_path / "ens"), "--model-version", "ens-1")
+    assert r.exit_code == 0, r.output
+    rep = json.load(open(tmp_path / "ens" / "metrics.json"))
+    cv = rep["cross_validation"]
+    za, zb = np.load(root / "plain" / "cv_logits.npz"), np.load(root / "ema" / "cv_logits.npz")
+    for k, f in enumerate(cv["folds"]):
+        mean = (za[f"fold{k}_window_logits"].astype(np.float64) + zb[f"fold{k}_window_logits"]) / 2
+        targets = za[f"fold{k}_recording_targets"][za[f"fold{k}_window_recording"]]
+        assert f["window_macro_ap"] == pytest.approx(macro_ap(targets, sigmoid(mean))[0], abs=1e-6)
+    net, meta = load_checkpoint(str(tmp_path / "ens" / "model.pt"))
+    versions = [load_checkpoint(str(root / d / "model.pt"))[1].model_version for d in ("plain", "ema")]
+    assert meta.model_version == "ens-1" and meta.extra["ensemble_of"] == versions
+    x = torch.from_numpy(np.stack([synth_call(kind, 3.0, 7 + i) for i, kind in enumerate(SYNTH_SPECIES.values())]))
+    with torch.no_grad():
+        raw = [load_checkpoint(str(root / d / "model.pt"))[0](x) + rep_["cross_validation"]["logit_offset"]
+               for d, rep_ in (("plain", plain), ("ema", ema))]
+        assert torch.allclose(net(x), (raw[0] + raw[1]) / 2 - cv["logit_offset"], atol=1e-4)
+    assert meta.extra["parameters"] == sum(p.numel() for p in net.parameters())
+    # one run with itself is that run: figures, calibration and logits
+    r = cli("ensemble", str(root / "plain"), str(root / "plain"), "-o", str(tmp_path / "same"), "--model-version", "s")
+    assert r.exit_code == 0, r.output
+    same = json.load(open(tmp_path / "same" / "metrics.json"))["cross_validation"]
+    for a, b in zip(same["folds"], plain["cross_validation"]["folds"]):
+        for key in ("recording_top1", "recording_top5", "window_macro_ap", "false_detections_per_hour", "recall_at_default"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6, nan_ok=True), key
+    assert same["logit_offset"] == pytest.approx(plain["cross_validation"]["logit_offset"], abs=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(load_checkpoint(str(tmp_path / "same" / "model.pt"))[0](x),
+                              load_checkpoint(str(root / "plain" / "model.pt"))[0](x), atol=1e-4)
+    # the exported ensemble agrees with it (export checks parity and refuses otherwise)
+    r = cli("export", str(tmp_path / "ens" / "model.pt"), "-o", str(tmp_path / "ens.pt"))
+    assert r.exit_code == 0 and (tmp_path / "ens.pt").exists(), r.output
+    # a run whose folds held out other windows: one line naming it, nothing written
+    other = tmp_path / "other"
+    shutil.copytree(root / "ema", other)
+    z = dict(np.load(other / "cv_logits.npz"))
+    z["fold1_window_start_s"] = z["fold1_window_start_s"] + 1.5
+    np.savez_compressed(other / "cv_logits.npz", **z)
+    r = cli("ensemble", str(root / "plain"), str(other), "-o", str(tmp_path / "bad"), "--model-version", "b")
+    assert r.exit_code == 2 and str(other) in r.output and "fold 2" in r.output and r.output.count("\n") == 1, r.output
+    assert not (tmp_path / "bad").exists()
 
 
 def test_jobs_with_head_only_is_one_clear_line(small_model, synth_dataset, tmp_path):
