@@ -44,7 +44,7 @@ def read_run(run: str) -> tuple[BirdNetLite, Metadata, dict, list[dict]]:
     with open(paths[1], encoding="utf-8") as f:
         report = json.load(f)
     cv = report.get("cross_validation")
-    if not cv or cv.get("cv_from") or "k" not in cv:
+    if not cv or "k" not in cv:
         raise EnsembleError(f"{run}: metrics.json has no cross-validation of its own")
     if report.get("config", {}).get("calibrate", True):
         apply_offset(net, -float(cv["logit_offset"]))
