@@ -106,7 +106,8 @@ def ensemble(runs: list[str], out_dir: str, model_version: str, license: str | N
                    log=log, arrays_path=os.path.join(out_dir, "cv_logits.npz"))
     backbones = [m.extra.get("backbone") or {} for m in metas]
     net = apply_offset(average(nets, backbones), cv["logit_offset"])
-    extra = {"backbone": {"type": "ensemble", "members": backbones},"architecture": f"mean of {len(nets)} MobileNetV3-style networks' logits, mel front end inside (shared)",
+    extra = {"backbone": {"type": "ensemble", "members": backbones},
+             "architecture": f"mean of {len(nets)} MobileNetV3-style networks' logits, mel front end inside (shared)",
              "ensemble_of": [m.model_version for m in metas], "recording_score": cv["recording_score"],
              "logit_offset": round(cv["logit_offset"], 4), "window_s": metas[0].window_s}
     for key in ("teacher", "pretrained"):
