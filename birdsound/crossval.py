@@ -17,7 +17,7 @@ from .augment import crop
 from .dataset import Recording
 from .detect import DEFAULT_MIN_CONF
 from .teacher import empty, on_grid, sigmoid
-from .metrics import RECORDING_SCORES, macro_ap, macro_auc, recording_scores, topk_accuracy
+from .metrics import RECORDING_SCORES, false_detections, macro_ap, macro_auc, recording_scores, topk_accuracy
 
 EVAL_HOP_S = 1.5  # hop of validation windows for window and recording metrics
 FALSE_DETECTIONS_TARGET = 2.0  # per hour of bird-free audio at the default min_conf: what the offset aims at
@@ -106,10 +106,10 @@ def validate(net, prep, recs: list[Recording], negatives: list[Recording] = ()) 
     out["_present_logits"] = np.concatenate(present) if present else np.zeros(0)
     # which window is which, so that a later look (scripts/cv_*.py) needs neither the audio nor the folds
     out.update(held_out_windows(recs, labels, y, starts, np.concatenate(per_rec), free_starts, fps))
-    return {**metrics_of(out, len(labels)), **out}
+    return {**metrics_of(out, window_s), **out}
 
 
-def metrics_of(arrays: dict, n_labels: int) -> dict:
+def metrics_of(arrays: dict, window_s: float) -> dict:
     """The held-out metrics of :func:`validate` from its held-out arrays alone (the ``_`` keys it returns and
     ``cv_logits.npz`` keeps), so that models can be scored on windows already scored, e.g. an ensemble on the
     mean of its members' logits."""
@@ -123,15 +123,13 @@ def metrics_of(arrays: dict, n_labels: int) -> dict:
         R = np.stack([recording_scores(p, method) for p in per_rec])
         out[f"recording_top1_{method}"] = topk_accuracy(y, R, 1)
         out[f"recording_top5_{method}"] = topk_accuracy(y, R, 5)
-    # false detections at the default min_conf, by source (bird-free files only where there were any)
+    # false detections at the default min_conf (windows of window_s), by source (bird-free files only where
+    # there were any)
     fd = {}
-    for src, key, hours in zip(FREE_SOURCES, ("_free_recordings_logits", "_free_files_logits"),
-                               arrays["_free_hours_by_source"]):
-        z = arrays[key]
-        if len(z) or src == FREE_SOURCES[0]:
-            n = int((z >= threshold()).sum())
-            fd[src] = {"detections": n, "hours": float(hours), "windows": len(z) // n_labels,
-                       "per_hour": n / hours if hours else float("nan")}
+    for src, key in zip(FREE_SOURCES, ("_free_recordings_logits", "_free_files_logits")):
+        if len(arrays[key]) or src == FREE_SOURCES[0]:
+            free = sigmoid(arrays[key].reshape(-1, T.shape[1]))
+            fd[src] = false_detections(free, window_s, DEFAULT_MIN_CONF)
     hours = sum(v["hours"] for v in fd.values())
     out["false_detections"] = fd
     out["false_detections_per_hour"] = sum(v["detections"] for v in fd.values()) / hours if hours else float("nan")

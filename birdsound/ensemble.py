@@ -98,8 +98,7 @@ def ensemble(runs: list[str], out_dir: str, model_version: str, license: str | N
     targets = {r["config"].get("false_detections_target", crossval.FALSE_DETECTIONS_TARGET) for r in reports}
     if len(targets) > 1:
         raise EnsembleError(f"the runs calibrated for different false-detection targets {sorted(targets)}")
-    n = len(metas[0].labels)
-    results = [{**crossval.with_method(crossval.metrics_of(a, n), "top25"), **a}
+    results = [{**crossval.with_method(crossval.metrics_of(a, metas[0].window_s), "top25"), **a}
                for a in mean_arrays(runs, [m[3] for m in members])]
     os.makedirs(out_dir, exist_ok=True)
     cv = cv_report([{"final": r, "history": []} for r in results], SimpleNamespace(false_detections_target=targets.pop()),
