@@ -19,7 +19,7 @@ import numpy as np
 
 from . import crossval
 from .metadata import Metadata
-from .model import BirdNetLite, average, load_checkpoint, save_checkpoint
+from .model import BirdNetLite, average, ensemble_config, load_checkpoint, save_checkpoint
 from .train import apply_offset, cv_report, make_meta
 from .util import atomic_write
 
@@ -48,10 +48,11 @@ def read_run(run: str) -> tuple[BirdNetLite, Metadata, dict, list[dict]]:
         raise EnsembleError(f"{run}: metrics.json has no cross-validation of its own")
     if report.get("config", {}).get("calibrate", True):
         apply_offset(net, -float(cv["logit_offset"]))
-    z = np.load(paths[2])
     folds = []
+    with np.load(paths[2]) as z:
+        held_out = {key: z[key] for key in z.files}
     for k in range(cv["k"]):
-        arrays = {key[len(f"fold{k}"):]: z[key] for key in z.files if key.startswith(f"fold{k}_")}
+        arrays = {key[len(f"fold{k}"):]: v for key, v in held_out.items() if key.startswith(f"fold{k}_")}
         absent = [key for key in IDENTITY_KEYS + LOGIT_KEYS if key not in arrays]
         if absent:
             raise EnsembleError(f"{run}: cv_logits.npz lacks {', '.join(absent)} of fold {k + 1} (a run older "
@@ -105,7 +106,7 @@ def ensemble(runs: list[str], out_dir: str, model_version: str, license: str | N
                    log=log, arrays_path=os.path.join(out_dir, "cv_logits.npz"))
     backbones = [m.extra.get("backbone") or {} for m in metas]
     net = apply_offset(average(nets, backbones), cv["logit_offset"])
-    extra = {"backbone": {"type": "ensemble", "members": backbones},
+    extra = {"backbone": ensemble_config(backbones),
              "architecture": f"mean of {len(nets)} MobileNetV3-style networks' logits, mel front end inside (shared)",
              "ensemble_of": [m.model_version for m in metas], "recording_score": cv["recording_score"],
              "logit_offset": round(cv["logit_offset"], 4), "window_s": metas[0].window_s}

@@ -200,6 +200,11 @@ class EnsembleBackbone(nn.Module):
         return torch.cat(out, dim=1)
 
 
+def ensemble_config(members: list[dict]) -> dict:
+    """The ``backbone`` metadata of an :class:`EnsembleBackbone` of backbones of configs `members`."""
+    return {"type": "ensemble", "members": list(members)}
+
+
 def make_backbone(config: dict | None) -> nn.Module:
     """The backbone a model's metadata names (``backbone``: {"type": "mn", "depth": 12}, or {"type": "ensemble",
     "members": [config, ...]}); v1 models have none."""
@@ -242,7 +247,7 @@ class BirdNetLite(nn.Module):
 def average(nets: list[BirdNetLite], backbones: list[dict | None]) -> BirdNetLite:
     """One model whose logits are the mean of the logits of `nets` (same labels, sample rate and front end;
     `backbones`: each net's ``backbone`` metadata). Its backbone is their backbones side by side
-    (:class:`EnsembleBackbone`, metadata ``{"type": "ensemble", "members": backbones}``), its head theirs."""
+    (:class:`EnsembleBackbone`, metadata :func:`ensemble_config`), its head theirs."""
     first = nets[0]
     config = first.frontend.config()
     key = lambda net: (net.frontend.config(), int(net.frontend.mel.sample_rate), net.head.out_features)  # noqa: E731
@@ -250,7 +255,7 @@ def average(nets: list[BirdNetLite], backbones: list[dict | None]) -> BirdNetLit
         if key(net) != key(first):
             raise ModelError(f"models to average differ in front end, sample rate or labels: {key(net)} / {key(first)}")
     out = BirdNetLite(first.head.out_features, int(first.frontend.mel.sample_rate), frontend=config,
-                      backbone={"type": "ensemble", "members": backbones})
+                      backbone=ensemble_config(backbones))
     out.frontend.load_state_dict(first.frontend.state_dict())
     with torch.no_grad():
         for mine, net in zip(out.backbone.members, nets):
