@@ -57,6 +57,11 @@ class TrainConfig:
     #                 sampler.view_p and sampler.view_negative_p)
     ema_decay: float = 0.0  # > 0: train on, but evaluate and keep, an exponential moving average of the weights
     #                         (and batch-norm statistics); the last step's own weights are scored beside it
+    student_of: list[str] | None = None  # cross-validated runs (same data, seed and folds) whose mean logits are
+    #                                      distilled too: a fold from each run's model of that fold, the final
+    #                                      model from each run's model.pt (its calibration offset taken out)
+    student_weight: float = 1.0  # weight of that distillation (soft cross-entropy at kd_temperature)
+    init_from: str | None = None  # a cross-validated run whose matching model (fold or final) starts each fit
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     backbone: dict | None = None  # None: the v1 CNN; {"type": "mn", "depth": 12}: EfficientAT's MobileNetV3
     frontend: dict | None = None  # MelFrontEnd settings (None: defaults)
@@ -125,6 +130,43 @@ def distillation_losses(logits: torch.Tensor, emb: torch.Tensor | None, batch, p
     return kd, el
 
 
+def run_model(run: str, prep: Prepared, fold: int | None = None, held_out: list[str] | None = None) -> BirdNetLite:
+    """The raw-logit model of the cross-validated training run `run` matching a fit: its ``fold<fold+1>.pt``
+    (checked to have held out `held_out`) or, with `fold` None, its ``model.pt`` with its calibration offset
+    taken out. For ``student_of`` and ``init_from``.
+
+    Raises
+    ------
+    ValueError
+        Naming the run and what does not match (missing file, labels, front end, held-out recordings).
+    """
+    from .model import load_checkpoint
+
+    path = os.path.join(run, "model.pt" if fold is None else f"fold{fold + 1}.pt")
+    if not os.path.exists(path):
+        raise ValueError(f"{run}: no {os.path.basename(path)} (a cross-validated training run is needed)")
+    net, meta = load_checkpoint(path)
+    if meta.labels != prep.labels:
+        raise ValueError(f"{path}: other labels than the training data")
+    if net.frontend.config() != prep.frontend.config():
+        raise ValueError(f"{path}: another mel front end than this run's")
+    if held_out is not None and sorted(meta.extra.get("cv_held_out_recordings", [])) != sorted(held_out):
+        raise ValueError(f"{path}: held out other recordings than fold {fold + 1} here (same data, --folds and "
+                         "--seed are needed)")
+    if fold is None:
+        apply_offset(net, -float(meta.extra.get("logit_offset", 0.0)))
+    return net.eval()
+
+
+def fit_models(prep: Prepared, cfg: TrainConfig, fold: int | None = None,
+               held_out: list[str] | None = None) -> tuple[list[BirdNetLite], dict | None]:
+    """The ``student_of`` teachers and the ``init_from`` start weights of one fit (fold `fold`, or the final
+    model with `fold` None)."""
+    teachers = [run_model(r, prep, fold, held_out) for r in (cfg.student_of or [])]
+    init = run_model(cfg.init_from, prep, fold, held_out).state_dict() if cfg.init_from else None
+    return teachers, init
+
+
 def new_net(prep: Prepared, cfg: TrainConfig) -> BirdNetLite:
     """An untrained model for the dataset `prep` and the recipe `cfg`."""
     sr = int(prep.frontend.mel.sample_rate)
@@ -132,13 +174,17 @@ def new_net(prep: Prepared, cfg: TrainConfig) -> BirdNetLite:
 
 
 def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str = "training",
-        evaluate=None, progress: bool = True, log=None) -> tuple[BirdNetLite, dict]:
-    """Train a fresh model on `train_recs` for ``cfg.steps``; `evaluate(net, step)` (optional) is called
-    every ``cfg.eval_every`` steps and at the end, its results kept in the history. Without a progress bar,
-    `log` (optional) gets a line at those steps."""
+        evaluate=None, progress: bool = True, log=None, teachers: list[BirdNetLite] = (),
+        init: dict | None = None) -> tuple[BirdNetLite, dict]:
+    """Train a model on `train_recs` for ``cfg.steps``, fresh or from the weights `init`; `evaluate(net, step)`
+    (optional) is called every ``cfg.eval_every`` steps and at the end, its results kept in the history.
+    Without a progress bar, `log` (optional) gets a line at those steps. `teachers` (models of the same front
+    end) see the student's input; their mean logits are distilled with weight ``cfg.student_weight``."""
     torch.manual_seed(cfg.seed)
     net = new_net(prep, cfg)
-    if cfg.pretrained:
+    if init is not None:
+        net.load_state_dict(init)
+    elif cfg.pretrained:
         from .model import load_pretrained
         load_pretrained(net.backbone, cfg.pretrained)
     sampler = Sampler(train_recs, prep.labels, prep.noise_powers, prep.window_frames, prep.frame_rate,
@@ -160,9 +206,14 @@ def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str
     bar = tqdm(range(1, cfg.steps + 1), desc=desc, leave=False, **({} if progress else {"disable": True}))
     for step in bar:
         b = sampler.batch(cfg.batch_size)
-        emb = net.backbone(spec_augment(net.frontend.normalize(b.x), rng))
+        z = spec_augment(net.frontend.normalize(b.x), rng)
+        emb = net.backbone(z)
         logits = net.head(net.dropout(emb))
         loss = F.binary_cross_entropy_with_logits(logits, b.y)
+        if teachers:
+            with torch.no_grad():
+                mean = torch.stack([t.head(t.backbone(z)) for t in teachers]).mean(0)
+            loss = loss + cfg.student_weight * soft_bce(logits, mean, cfg.kd_temperature)
         if sampler.teacher:
             kd, el = distillation_losses(logits, emb, b, proj, cfg.kd_temperature)
             loss = loss + cfg.kd_weight * kd + cfg.emb_weight * el
@@ -230,7 +281,8 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
         offset = report["cross_validation"]["logit_offset"] if cfg.calibrate else 0.0
     specs = cv_fits(prep, cfg, folds, val_negatives) if folds >= 2 else []
     if not cv_only:
-        specs.append(FitSpec(prep.recs, cfg, "final model"))
+        teachers, init = fit_models(prep, cfg)
+        specs.append(FitSpec(prep.recs, cfg, "final model", teachers=teachers, init=init))
     fitted = run_fits(prep, specs, jobs, log=log)
     if folds >= 2:
         cv = cv_report([info for _, info in fitted[:folds]], cfg, log=log,
@@ -306,6 +358,8 @@ class FitSpec:
     cfg: TrainConfig
     desc: str
     evaluate: object = None  # evaluate(net, step) -> dict, or None
+    teachers: list = field(default_factory=list)  # models whose mean logits are distilled (cfg.student_of)
+    init: dict | None = None  # start weights (cfg.init_from)
 
 
 def cv_fits(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: list[str] = ()) -> list[FitSpec]:
@@ -324,7 +378,8 @@ def cv_fits(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: list[st
             m["step"] = step
             return crossval.with_method(m, "top25")
 
-        specs.append(FitSpec(tr, replace(cfg, seed=cfg.seed + k), f"fold {k + 1}/{folds}", evaluate))
+        teachers, init = fit_models(prep, cfg, k, sorted(r.path for r in va))
+        specs.append(FitSpec(tr, replace(cfg, seed=cfg.seed + k), f"fold {k + 1}/{folds}", evaluate, teachers, init))
     return specs
 
 
@@ -336,7 +391,7 @@ def _fit_forked(i: int) -> tuple[dict, dict]:
     torch.set_num_threads(1)
     prep, specs, log = _FORKED
     s = specs[i]
-    net, info = fit(prep, s.recs, s.cfg, s.desc, s.evaluate, progress=False, log=log)
+    net, info = fit(prep, s.recs, s.cfg, s.desc, s.evaluate, progress=False, log=log, teachers=s.teachers, init=s.init)
     return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}, info
 
 
@@ -346,7 +401,7 @@ def run_fits(prep: Prepared, specs: list[FitSpec], jobs: int = 1, log=print) -> 
     if jobs <= 1 or len(specs) <= 1:
         out = []
         for s in specs:
-            out.append(fit(prep, s.recs, s.cfg, s.desc, s.evaluate))
+            out.append(fit(prep, s.recs, s.cfg, s.desc, s.evaluate, teachers=s.teachers, init=s.init))
             log(f"{s.desc}: fitted ({time.time() - t0:.0f} s){_held_out(out[-1][1])}")
         return out
     import concurrent.futures

@@ -181,6 +181,47 @@ def test_ema_decay_keeps_the_moving_average_and_scores_the_last_weights_beside_i
     assert load_model(str(root / "ema" / "model.pt")).predict(np.zeros((1, 96000), np.float32)).shape == (1, 3)
 
 
+def test_student_of_distils_the_runs_matching_models_and_init_from_starts_from_them(plain_and_ema, synth_dataset,
+                                                                                     tmp_path):
+    """student_of: every fit also learns the mean logits of the runs' models of its fold (the final model: of
+    their model.pt, offset taken out), so its logits end nearer theirs than the same fit's without it;
+    init_from starts each fit from the run's model of its fold; a run of other folds is one line naming it."""
+    from birdsound.model import load_checkpoint, save_checkpoint
+    from birdsound.train import TrainConfig, train
+    root, _, _, _ = plain_and_ema
+    plain, ema = str(root / "plain"), str(root / "ema")
+    quiet = dict(folds=2, log=lambda m: None)
+    # init_from: at a learning rate of ~0 every fit's weights are its fold's (or final) model's
+    still = replace(TrainConfig(steps=4, batch_size=8, eval_every=4, lr=1e-12), init_from=plain)
+    train(synth_dataset, str(tmp_path / "still"), still, **quiet)
+    for name in ("fold1.pt", "fold2.pt", "model.pt"):
+        got = load_checkpoint(str(tmp_path / "still" / name))[0].state_dict()
+        ref = load_checkpoint(os.path.join(plain, name))[0].state_dict()
+        weights = [k for k in ref if k.endswith("weight")]
+        assert weights and all(torch.allclose(got[k], ref[k], atol=1e-6) for k in weights), name
+    f1, f2 = (load_checkpoint(os.path.join(plain, f))[0].state_dict() for f in ("fold1.pt", "fold2.pt"))
+    assert not torch.allclose(f1["head.weight"], f2["head.weight"])  # so the fold was matched, not any model
+    # student_of: from plain's models, with and without distilling ema's
+    cfg = TrainConfig(steps=20, batch_size=16, eval_every=20, init_from=plain)
+    train(synth_dataset, str(tmp_path / "alone"), cfg, **quiet)
+    train(synth_dataset, str(tmp_path / "student"), replace(cfg, student_of=[ema], student_weight=30.0), **quiet)
+    x = torch.from_numpy(np.stack([synth_call(kind, 3.0, 11 + i) for i, kind in enumerate(SYNTH_SPECIES.values())]))
+    with torch.no_grad():
+        for name in ("fold1.pt", "fold2.pt"):
+            teacher, alone, student = (load_checkpoint(os.path.join(d, name))[0](x)
+                                       for d in (ema, str(tmp_path / "alone"), str(tmp_path / "student")))
+            assert (student - teacher).abs().mean() < 0.7 * (alone - teacher).abs().mean(), name
+    # a run whose fold 2 held out other recordings: one line naming its file
+    other = tmp_path / "other"
+    shutil.copytree(ema, other)
+    net, meta = load_checkpoint(str(other / "fold2.pt"))
+    save_checkpoint(net, replace(meta, extra={**meta.extra, "cv_held_out_recordings": ["x.wav"]}), str(other / "fold2.pt"))
+    r = cli("train", synth_dataset, "-o", str(tmp_path / "bad"), "--folds", "2", "--steps", "2",
+            "--recipe", json.dumps({"student_of": [str(other)]}))
+    assert r.exit_code == 2 and "fold2.pt" in r.output and "fold 2" in r.output, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "bad" / "model.pt").exists()
+
+
 def test_ensemble_averages_two_runs_logits_and_scores_them_from_their_held_out_logits(plain_and_ema, tmp_path):
     """birdsound ensemble: one model file whose logits are the mean of the runs' raw logits less its own
     offset; its cross-validation is that of the mean held-out logits (of one run with itself: that run's);
