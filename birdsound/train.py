@@ -163,7 +163,12 @@ def fit_models(prep: Prepared, cfg: TrainConfig, fold: int | None = None,
     """The ``student_of`` teachers and the ``init_from`` start weights of one fit (fold `fold`, or the final
     model with `fold` None)."""
     teachers = [run_model(r, prep, fold, held_out) for r in (cfg.student_of or [])]
-    init = run_model(cfg.init_from, prep, fold, held_out).state_dict() if cfg.init_from else None
+    init = None
+    if cfg.init_from:
+        init = run_model(cfg.init_from, prep, fold, held_out).state_dict()
+        ours = new_net(prep, cfg).state_dict()
+        if {k: v.shape for k, v in init.items()} != {k: v.shape for k, v in ours.items()}:
+            raise ValueError(f"init_from {cfg.init_from}: another network than this recipe's (backbone differs)")
     return teachers, init
 
 
