@@ -3,12 +3,14 @@
 Pipeline: read the dataset (:mod:`birdsound.dataset`); decode every recording once at the
 model rate and keep its mel *power* (float16); with ``teacher="birdnet"`` attach BirdNET's cached
 outputs to every recording (:mod:`birdsound.teacher`); draw augmented batches
-(:mod:`birdsound.augment`); fit with a loss of three parts:
+(:mod:`birdsound.augment`); fit with a loss of three parts, and a fourth on request:
 
 * binary cross-entropy to the targets (weak label blended with the teacher's probabilities),
 * logit distillation: cross-entropy between student and teacher sigmoids at a temperature,
 * embedding distillation: cosine between a training-only projection of the student's embedding
-  and the teacher's 1,024-d embedding.
+  and the teacher's 1,024-d embedding;
+* with ``student_of``, distillation of an ensemble of our own trained models: the mean of their logits on
+  the student's own (augmented) input, each fold from the runs' models of that same fold.
 
 Data preparation lives in :mod:`birdsound.trainset`, validation metrics and calibration in
 :mod:`birdsound.crossval`; the head-only transfer in :mod:`birdsound.headonly`.
