@@ -403,7 +403,9 @@ def export(model_path, out, fmt, quantize, calib, n_windows):
     The mel front end is inside; metadata.json (labels, sample_rate, window_s, model_version,
     license, io) travels in the file's extra files: 'birdsound info FILE' shows it.
     The export is reloaded and compared with the Python model on real audio; it is refused
-    (exit 1, no file) when fp32 max |diff| > 1e-4 or quantized top-1 agreement < 95%.
+    (exit 1, no file) when fp32 max |diff| > 1e-4, or when a quantized model's detections at the default
+    min-conf differ: top-1 agreement under 95% on the windows where the float model detects a species, or
+    under 90% of the detections either reports reported by both.
     optimize_for_mobile is not used (no XNNPACK in these wheels); the model is frozen instead.
     """
     from . import export as ex
@@ -443,6 +445,9 @@ def export(model_path, out, fmt, quantize, calib, n_windows):
     click.echo(f"wrote {out} ({rep['size_bytes'] / 1e6:.2f} MB, {fmt}, quantize {quantize})")
     click.echo(f"parity on {rep['windows']} {kind} windows: max |diff| {rep['max_abs_diff']:.2e}, "
                f"top-1 agreement {rep['top1_agreement']:.3f}" + (f" ({rep['note']})" if rep["note"] else ""))
+    if "detected_windows" in rep:
+        click.echo(f"detections at min-conf {DEFAULT_MIN_CONF}: {rep['detected_windows']} windows with one, top-1 "
+                   f"agreement there {rep['top1_agreement_detected']:.3f}, detections agreeing {rep['detection_agreement']:.3f}")
     if "macro_ap_drop" in rep:
         click.echo(f"macro AP on labelled windows: fp32 {rep['macro_ap_fp32']:.3f}, exported "
                    f"{rep['macro_ap_exported']:.3f} (drop {rep['macro_ap_drop']:+.3f})")

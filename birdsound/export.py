@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .detect import DEFAULT_MIN_CONF
 from .features import MelFrontEnd
 from .metadata import Metadata
 from .model import BirdNetLite, ProbabilityModel
@@ -35,7 +36,13 @@ QUANTIZE = ("none", "dynamic", "int8")
 IO_DESCRIPTION = ("input: float32 [batch, window_samples] raw mono PCM in [-1, 1] at sample_rate; "
                   "output: float32 [batch, n_labels] sigmoid probabilities, columns in labels order")
 FP32_TOLERANCE = 1e-4
-INT8_MIN_TOP1_AGREEMENT = 0.95
+# a quantized export is kept when, at the default min-conf, it names the float model's top species on the
+# windows where that model reports one, and reports the same detections (of the (window, species) pairs
+# either reports, the share both do); with fewer detected windows than QUANTIZED_MIN_DETECTED_WINDOWS to
+# judge by (synthesized or bird-free audio), when its top species agrees on all windows
+QUANTIZED_MIN_TOP1_AGREEMENT = 0.95
+QUANTIZED_MIN_DETECTION_AGREEMENT = 0.90
+QUANTIZED_MIN_DETECTED_WINDOWS = 20
 
 
 FORMAT_NEEDS = {"onnx": (("onnx", "onnxscript"), "onnx and onnxscript: pip install onnx onnxscript"),
@@ -278,6 +285,34 @@ def parity(reference: nn.Module, predict, windows: np.ndarray) -> dict:
             "top1_agreement": float(np.mean(ref.argmax(1) == out.argmax(1))), "reference": ref, "exported": out}
 
 
+def detection_agreement(ref: np.ndarray, out: np.ndarray, min_conf: float = DEFAULT_MIN_CONF) -> dict:
+    """How far the probabilities `out` of an export agree with the float model's `ref` (``[windows, labels]``)
+    as detections at `min_conf`: the windows where `ref` reports a species, top-1 agreement on them, and of
+    the (window, species) pairs either reports, the share both report (1.0 when neither reports any)."""
+    d, q = ref >= min_conf, out >= min_conf
+    detected = d.any(1)
+    either = int((d | q).sum())
+    top1 = float(np.mean(ref[detected].argmax(1) == out[detected].argmax(1))) if detected.any() else float("nan")
+    return {"detected_windows": int(detected.sum()), "top1_agreement_detected": top1,
+            "detection_agreement": float((d & q).sum() / either) if either else 1.0}
+
+
+def quantized_refusal(report: dict) -> str | None:
+    """Why a quantized export with parity `report` (``top1_agreement`` and :func:`detection_agreement`'s keys)
+    is refused, or None when it is kept."""
+    if report["detected_windows"] < QUANTIZED_MIN_DETECTED_WINDOWS:
+        if report["top1_agreement"] >= QUANTIZED_MIN_TOP1_AGREEMENT:
+            return None
+        return (f"top-1 agreement {report['top1_agreement']:.3f} < {QUANTIZED_MIN_TOP1_AGREEMENT} (too few windows with "
+                f"a detection to judge by detections: {report['detected_windows']})")
+    if (report["top1_agreement_detected"] >= QUANTIZED_MIN_TOP1_AGREEMENT
+            and report["detection_agreement"] >= QUANTIZED_MIN_DETECTION_AGREEMENT):
+        return None
+    return (f"on the {report['detected_windows']} windows with a detection at min-conf {DEFAULT_MIN_CONF}, top-1 "
+            f"agreement {report['top1_agreement_detected']:.3f} (needs {QUANTIZED_MIN_TOP1_AGREEMENT}) and detections "
+            f"agreeing {report['detection_agreement']:.3f} (needs {QUANTIZED_MIN_DETECTION_AGREEMENT})")
+
+
 def float64_errors(reference: nn.Module, p: dict, windows: np.ndarray) -> tuple[float, float]:
     """Max |error| of the eager float32 model and of the export against a float64 run of `reference`
     on `windows` (`p` from :func:`parity`): two float32 implementations of one FFT can differ by more
@@ -412,7 +447,12 @@ def export(net: BirdNetLite, meta: Metadata, out: str, fmt: str, quantize: str, 
         remove(out)
         raise ExportError(f"{out}: fp32 parity failed, max |diff| {p['max_abs_diff']:.2e} > {FP32_TOLERANCE:g}"
                           f"{' (' + report['note'] + ')' if report['note'] else ''}; file removed")
-    if quantize != "none" and not (p["top1_agreement"] >= INT8_MIN_TOP1_AGREEMENT and np.isfinite(p["exported"]).all()):
-        remove(out)
-        raise ExportError(f"{out}: {quantize} top-1 agreement {p['top1_agreement']:.3f} < {INT8_MIN_TOP1_AGREEMENT}; file removed")
+    if quantize != "none":
+        finite = p["exported"] is not None and np.isfinite(p["exported"]).all()
+        if finite:
+            report.update(detection_agreement(p["reference"], p["exported"]))
+        why = quantized_refusal(report) if finite else "non-finite outputs"
+        if why:
+            remove(out)
+            raise ExportError(f"{out}: {quantize}: {why}; file removed")
     return report

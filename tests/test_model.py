@@ -17,7 +17,7 @@ from birdsound.cli import main
 from birdsound.metadata import ModelError
 from birdsound.model import BirdNetLite, load_checkpoint
 from birdsound.runtime import DEFAULT_MODEL_PATH, load_model
-from conftest import SR, SYNTH_SPECIES, synth_call
+from conftest import SR, SYNTH_SPECIES, shared_data_or_skip, synth_call
 
 
 def export_cli(model: str, out, fmt: str, calibration: str, windows: int = 16, quantize: str = "none"):
@@ -451,3 +451,47 @@ def test_mobile_demo_classifies_a_wav(small_model, synth_dataset, pte_fp32, tmp_
     assert p.returncode == 0, p.stderr[-1000:]
     lines = [l for l in p.stdout.splitlines() if l.strip().endswith(tuple("0123456789"))]
     assert [" ".join(l.split()[1:-1]) for l in lines] == labels, p.stdout
+
+
+def test_quantized_exports_are_judged_by_their_detections_at_the_default_min_conf():
+    """A quantized export is kept when it reports what the float model reports at min-conf 0.25: top-1 on the
+    windows with a detection and the same detections; flips of the top species among noise-level
+    probabilities (no detection either way) do not count; too few detections fall back to top-1 everywhere."""
+    from birdsound.export import detection_agreement, quantized_refusal
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(0, 0.05, (200, 10))
+    ref[:100, 3] = rng.uniform(0.3, 0.9, 100)  # 100 windows with a detection of label 3
+
+    def verdict(out):
+        top1 = float(np.mean(ref.argmax(1) == out.argmax(1)))
+        return quantized_refusal({"top1_agreement": top1, **detection_agreement(ref, out)})
+
+    assert verdict(ref.copy()) is None
+    noise = ref.copy()
+    noise[100:] = rng.uniform(0, 0.05, (100, 10))  # the top label of every bird-free window changes
+    assert float(np.mean(ref.argmax(1) == noise.argmax(1))) < 0.95 and verdict(noise) is None
+    lost = ref.copy()
+    lost[:15, 3] = 0.1  # 15 of 100 detections missed
+    assert "detections agreeing 0.850" in verdict(lost)
+    swapped = ref.copy()
+    swapped[:8, 5] = swapped[:8, 3] + 0.05  # another species named first in 8 of 100 detected windows
+    assert "top-1 agreement 0.920" in verdict(swapped)
+    few = ref[95:].copy()  # 5 detected windows: judged by top-1 on all windows
+    flipped = few.copy()
+    flipped[5:] = rng.uniform(0, 0.05, (100, 10))
+    r = quantized_refusal({"top1_agreement": float(np.mean(few.argmax(1) == flipped.argmax(1))),
+                           **detection_agreement(few, flipped)})
+    assert r is not None and "too few windows with a detection" in r
+
+
+def test_shipped_model_exports_to_int8_lite_that_agrees_on_its_detections(tmp_path):
+    """The shipped model's int8 lite export, calibrated and checked on 512 windows of the training
+    recordings, is kept, and its reported detection agreement is what the check requires."""
+    shared_data_or_skip()
+    out = tmp_path / "bird_int8.ptl"
+    r = CliRunner().invoke(main, ["export", "-o", str(out), "--format", "lite", "--quantize", "int8"])
+    assert r.exit_code == 0 and out.exists(), r.output
+    m = re.search(r"detections at min-conf 0.25: (\d+) windows with one, top-1 agreement there ([\d.]+), "
+                  r"detections agreeing ([\d.]+)", r.output)
+    assert m and int(m[1]) >= 100 and float(m[2]) >= 0.95 and float(m[3]) >= 0.9, r.output
+    assert os.path.getsize(out) < 0.5 * os.path.getsize(DEFAULT_MODEL_PATH)
