@@ -270,6 +270,8 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
     cfg = cfg or TrainConfig()
     if cv_from and (folds or cv_only):
         raise ValueError("--cv-from reuses a finished cross-validation: drop --folds and --cv-only")
+    if cfg.init_from and cfg.pretrained:
+        raise ValueError(f"--recipe: init_from {cfg.init_from} and pretrained {cfg.pretrained} both name start weights")
     if cv_from:  # the recipe before the data are read; the data once they are
         reused_cross_validation(cv_from, {"config": asdict(cfg)})
     t0 = time.time()

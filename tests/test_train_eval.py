@@ -224,6 +224,9 @@ def test_student_of_distils_the_runs_matching_models_and_init_from_starts_from_t
     r = cli("train", synth_dataset, "-o", str(tmp_path / "bad"), "--steps", "2",
             "--recipe", json.dumps({"init_from": plain, "backbone": {"type": "mn", "depth": 6}}))
     assert r.exit_code == 2 and plain in r.output and "backbone" in r.output and r.output.count("\n") == 1, r.output
+    r = cli("train", synth_dataset, "-o", str(tmp_path / "bad"), "--steps", "2",
+            "--recipe", json.dumps({"init_from": plain, "pretrained": "mn04.pt"}))
+    assert r.exit_code == 2 and "both name start weights" in r.output and r.output.count("\n") == 1, r.output
 
 
 def test_ensemble_averages_two_runs_logits_and_scores_them_from_their_held_out_logits(plain_and_ema, tmp_path):
