@@ -19,8 +19,8 @@ import numpy as np
 
 from . import crossval
 from .metadata import Metadata
-from .model import BirdNetLite, average, ensemble_config, load_checkpoint, save_checkpoint
-from .train import apply_offset, cv_report, make_meta
+from .model import BirdNetLite, average, ensemble_config, save_checkpoint
+from .train import apply_offset, cv_report, make_meta, raw_final_model
 from .util import atomic_write
 
 # held-out arrays that say which window is which: equal in every member, or their folds differ
@@ -40,14 +40,10 @@ def read_run(run: str) -> tuple[BirdNetLite, Metadata, dict, list[dict]]:
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise EnsembleError(f"{run}: not a cross-validated training run (no {', '.join(map(os.path.basename, missing))})")
-    net, meta = load_checkpoint(paths[0])
-    with open(paths[1], encoding="utf-8") as f:
-        report = json.load(f)
+    net, meta, report = raw_final_model(run)
     cv = report.get("cross_validation")
     if not cv or "k" not in cv:
         raise EnsembleError(f"{run}: metrics.json has no cross-validation of its own")
-    if report.get("config", {}).get("calibrate", True):
-        apply_offset(net, -float(cv["logit_offset"]))
     folds = []
     with np.load(paths[2]) as z:
         held_out = {key: z[key] for key in z.files}

@@ -132,10 +132,24 @@ def distillation_losses(logits: torch.Tensor, emb: torch.Tensor | None, batch, p
     return kd, el
 
 
+def raw_final_model(run: str) -> tuple[BirdNetLite, Metadata, dict]:
+    """A training run's ``model.pt`` with the calibration offset its ``metrics.json`` says was folded into it
+    taken out (raw logits), its metadata and that report."""
+    from .model import load_checkpoint
+
+    net, meta = load_checkpoint(os.path.join(run, "model.pt"))
+    with open(os.path.join(run, "metrics.json"), encoding="utf-8") as f:
+        report = json.load(f)
+    cv = report.get("cross_validation")
+    if cv and report.get("config", {}).get("calibrate", True):
+        apply_offset(net, -float(cv["logit_offset"]))
+    return net, meta, report
+
+
 def run_model(run: str, prep: Prepared, fold: int | None = None, held_out: list[str] | None = None) -> BirdNetLite:
     """The raw-logit model of the cross-validated training run `run` matching a fit: its ``fold<fold+1>.pt``
     (checked to have held out `held_out`) or, with `fold` None, its ``model.pt`` with its calibration offset
-    taken out. For ``student_of`` and ``init_from``.
+    taken out (:func:`raw_final_model`). For ``student_of`` and ``init_from``.
 
     Raises
     ------
@@ -144,10 +158,12 @@ def run_model(run: str, prep: Prepared, fold: int | None = None, held_out: list[
     """
     from .model import load_checkpoint
 
-    path = os.path.join(run, "model.pt" if fold is None else f"fold{fold + 1}.pt")
-    if not os.path.exists(path):
-        raise ValueError(f"{run}: no {os.path.basename(path)} (a cross-validated training run is needed)")
-    net, meta = load_checkpoint(path)
+    names = ("model.pt", "metrics.json") if fold is None else (f"fold{fold + 1}.pt",)
+    missing = [n for n in names if not os.path.exists(os.path.join(run, n))]
+    if missing:
+        raise ValueError(f"{run}: no {', '.join(missing)} (a cross-validated training run is needed)")
+    path = os.path.join(run, names[0])
+    net, meta = raw_final_model(run)[:2] if fold is None else load_checkpoint(path)
     if meta.labels != prep.labels:
         raise ValueError(f"{path}: other labels than the training data")
     if net.frontend.config() != prep.frontend.config():
@@ -155,8 +171,6 @@ def run_model(run: str, prep: Prepared, fold: int | None = None, held_out: list[
     if held_out is not None and sorted(meta.extra.get("cv_held_out_recordings", [])) != sorted(held_out):
         raise ValueError(f"{path}: held out other recordings than fold {fold + 1} here (same data, --folds and "
                          "--seed are needed)")
-    if fold is None:
-        apply_offset(net, -float(meta.extra.get("logit_offset", 0.0)))
     return net.eval()
 
 
