@@ -17,7 +17,8 @@ from .augment import crop
 from .dataset import Recording
 from .detect import DEFAULT_MIN_CONF
 from .teacher import empty, on_grid, sigmoid
-from .metrics import RECORDING_SCORES, false_detections, macro_ap, macro_auc, recording_scores, topk_accuracy
+from .metrics import (RECORDING_SCORES, false_detections, macro_ap, macro_auc, recording_scores, topk_accuracy,
+                      window_hours)
 
 EVAL_HOP_S = 1.5  # hop of validation windows for window and recording metrics
 FALSE_DETECTIONS_TARGET = 2.0  # per hour of bird-free audio at the default min_conf: what the offset aims at
@@ -97,7 +98,7 @@ def validate(net, prep, recs: list[Recording], negatives: list[Recording] = ()) 
     neg = [window_probs(net, r.power, s, wf) for r in negatives if (s := bird_free_windows(r, [], wf, fps, window_s))]
     # what a logit offset (calibration) needs: every bird-free logit by source (see bird_free), and the focal
     # logit where the bird is there
-    hours = [sum(len(f) for f in src) * window_s / 3600.0 for src in (free, neg)]
+    hours = [window_hours(sum(len(f) for f in src), window_s) for src in (free, neg)]
     out = {"_free_recordings_logits": logit(np.concatenate(free).ravel()) if free else np.zeros(0),
            "_free_files_logits": logit(np.concatenate(neg).ravel()) if neg else np.zeros(0),
            "_free_hours_by_source": np.array(hours)}

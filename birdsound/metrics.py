@@ -74,10 +74,15 @@ def recording_scores(window_scores: np.ndarray, method: str = "top25") -> np.nda
     raise ValueError(f"unknown recording score {method!r}; one of {', '.join(RECORDING_SCORES)}")
 
 
+def window_hours(n_windows: int, window_s: float) -> float:
+    """Hours of audio in `n_windows` windows of `window_s` seconds that do not overlap."""
+    return n_windows * window_s / 3600.0
+
+
 def false_detections(window_scores: np.ndarray, window_s: float, min_conf: float) -> dict:
     """Detections (window x species at or above `min_conf`) in windows known to hold none of the
     model's species, and their rate per hour of audio (windows of `window_s` seconds, no overlap)."""
     n = int((np.asarray(window_scores) >= min_conf).sum()) if len(window_scores) else 0
-    hours = len(window_scores) * window_s / 3600.0
+    hours = window_hours(len(window_scores), window_s)
     return {"detections": n, "hours": hours, "windows": int(len(window_scores)),
             "per_hour": n / hours if hours else float("nan")}
