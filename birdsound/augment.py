@@ -157,7 +157,7 @@ class Sampler:
                          for r in recs if r.views is not None}
         # ... and views in which it hears none of ours (a recording's teacher-empty views)
         self.view_neg = {id(r): np.flatnonzero(empty(r.views.targets, [self.index[lab] for lab in r.labels]))
-                         for r in recs if r.views is not None}
+                         for r in recs if r.views is not None} if self.cfg.view_negative_p else {}
 
     @staticmethod
     def _aux_columns(recs: list[Recording]) -> np.ndarray:
