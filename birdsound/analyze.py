@@ -257,7 +257,8 @@ def _dask_chunk(model_path: str, chunk: Chunk, opts: AnalyzeOptions) -> ChunkRes
 class DaskExecutor:
     """Chunks as tasks on a Dask cluster (`address`, ``local`` for a LocalCluster of `workers`
     single-threaded processes, or a ``Client``). Workers load the model from its path once each;
-    a task whose worker dies is rerun elsewhere by Dask, and reported failed after that."""
+    a task whose worker dies is rerun elsewhere by Dask, then once more alone by :func:`run`, and
+    reported failed after that."""
 
     def __init__(self, model: Classifier, opts: AnalyzeOptions, address, workers: int):
         try:
@@ -346,21 +347,36 @@ def run(model: Classifier, inputs: list[tuple[str, str]], out_dir: str | None, r
             say(f"error: {j.error}")
     executor = DaskExecutor(model, opts, dask, workers) if dask is not None else LocalExecutor(model, opts, workers)
     meta = model.meta.to_dict()
+
+    def collect(fut, j: FileJob, c: Chunk, retry: list | None) -> None:
+        if j.error:
+            return
+        try:
+            j.results[c.index] = fut.result()
+        except Exception as e:  # noqa: BLE001 - every failure of a file is one line; the batch goes on
+            if retry is not None and type(e).__name__ == "KilledWorker":
+                retry.append((j, c))
+                return
+            j.error = _error_line(j.path, e)
+            say(f"error: {j.error}")
+            return
+        if j.done:
+            _finish(j, model, opts, meta, plot, say, summary)
+
     try:
         futures = {executor.submit(c): (j, c) for j in todo for c in j.chunks}
+        lost: list[tuple[FileJob, Chunk]] = []
         for fut in executor.as_completed(list(futures)):
             j, c = futures[fut]
             bar.update(c.duration_s)
-            if j.error:
-                continue
-            try:
-                j.results[c.index] = fut.result()
-            except Exception as e:  # noqa: BLE001 - every failure of a file is one line; the batch goes on
-                j.error = _error_line(j.path, e)
-                say(f"error: {j.error}")
-                continue
-            if j.done:
-                _finish(j, model, opts, meta, plot, say, summary)
+            collect(fut, j, c, lost)
+        # A worker that dies takes the tasks queued on it along, also those of other files: a chunk
+        # lost that way runs once more, alone, so that only a chunk that kills workers itself fails.
+        for j, c in lost:
+            if not j.error:
+                fut = executor.submit(c)
+                next(iter(executor.as_completed([fut])))
+                collect(fut, j, c, None)
     finally:
         executor.close()
         bar.close()

@@ -143,6 +143,39 @@ def test_dask_worker_death_is_retried_or_reported(tone_model, long_tones, tmp_pa
     assert sorted(outputs_of(tmp_path / "dask2")) == ["a.birdsound.results.csv", "sub/b.birdsound.results.csv"]
 
 
+def test_dask_worker_death_takes_no_other_file_along(tone_model, long_tones, tmp_path, monkeypatch):
+    """One worker holding every task (no queueing, no Dask retries): c.wav kills it, and with it the
+    tasks of sub/b.wav waiting there; b.wav must still be analysed, only c.wav reported."""
+    pytest.importorskip("distributed")
+    import cloudpickle
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(an, "_dask_chunk", _die_once)
+    marker = tmp_path / "died"
+    monkeypatch.setenv("BIRDSOUND_TEST_MARKER", str(marker))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
+    marker.touch()
+    open(str(marker) + ".always", "w").close()
+    model = load_model(tone_model)
+    inputs = audio.find_audio_files([long_tones])
+    assert [os.path.relpath(p, long_tones) for p, _ in inputs] == ["a.wav", "c.wav", os.path.join("sub", "b.wav")]
+    opts = an.AnalyzeOptions()
+    an.run(model, inputs, str(tmp_path / "local"), ("csv",), opts, progress_bar=False)
+    lines = []
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                          "distributed.scheduler.worker-saturation": float("inf")}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        s = an.run(model, inputs, str(tmp_path / "dask"), ("csv",), opts, progress_bar=False, dask=client,
+                   report=lines.append)
+    assert s.files == 2 and len(s.failed) == 1 and "c.wav" in s.failed[0], lines
+    local = outputs_of(tmp_path / "local")
+    del local["c.birdsound.results.csv"]
+    assert outputs_of(tmp_path / "dask") == local
+
+
 def test_dask_unreachable_scheduler_is_one_line(tone_model, long_tones):
     pytest.importorskip("distributed")
     r = CliRunner().invoke(main, ["analyze", "-q", long_tones, "-m", tone_model, "--dask", "tcp://127.0.0.1:1"])
