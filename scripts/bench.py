@@ -3,6 +3,7 @@
     python scripts/bench.py                     # 1 h WAV/FLAC/MP3 + 24 h WAV, stages, latency
     python scripts/bench.py --quick             # 10 min files, no 24 h file
     python scripts/bench.py --peer birdnet      # also BirdNET (../shared/peer) on the same 48 kHz file
+    python scripts/bench.py --budget-only       # the per-window budget alone: shipped ONNX against v1's
 
 Inputs are built once in --work (default /tmp/birdsound-bench) by looping real recordings from
 ../shared/data (a synthesized signal where that is absent): 32 kHz WAV of 1 h and 24 h,
@@ -32,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SHARED = os.path.join(ROOT, "..", "shared")
 BLOCK_S = 60
+V1_ONNX = "51d55ac:models/birdsound_default.onnx"  # v1 as shipped with the real-valued mel (git object)
 
 
 def source_audio(rate: int, seconds: float = 600.0) -> np.ndarray:
@@ -223,6 +225,45 @@ def latency_table(work: str) -> list[dict]:
     return rows
 
 
+def onnx_budget(reference: str, rounds: int = 7) -> dict:
+    """Issue 11's budget: the shipped ONNX at most as slow per window as v1's. Both files run on
+    onnxruntime, one thread, on the same real windows, interleaved round by round (this machine's
+    speed drifts); the median of the rounds per batch size. `reference` is a file or a git object."""
+    import onnxruntime as ort
+
+    from birdsound.runtime import DEFAULT_ONNX_PATH
+
+    if not os.path.exists(reference):
+        blob = subprocess.run(["git", "-C", ROOT, "show", reference], capture_output=True)
+        if blob.returncode:
+            return {"error": f"reference {reference}: {blob.stderr.decode().strip()}"}
+        path = os.path.join(tempfile.mkdtemp(prefix="bench-ref-"), "reference.onnx")
+        with open(path, "wb") as f:
+            f.write(blob.stdout)
+        reference = path
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    sessions = {"default": ort.InferenceSession(DEFAULT_ONNX_PATH, so, providers=["CPUExecutionProvider"]),
+                "v1": ort.InferenceSession(reference, so, providers=["CPUExecutionProvider"])}
+    x = source_audio(32000, 96.0)[:32 * 96000].reshape(32, 96000).astype(np.float32)
+    out: dict = {"reference": V1_ONNX if reference.endswith("reference.onnx") else reference}
+    for b in (1, 32):
+        times: dict = {k: [] for k in sessions}
+        for _ in range(rounds):
+            for k, s in sessions.items():
+                s.run(None, {"pcm": x[:b]})
+                reps = max(3, 320 // b)
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    s.run(None, {"pcm": x[:b]})
+                times[k].append((time.perf_counter() - t0) / reps / b * 1000)
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        out[f"b{b}"] = {"default_ms_per_window": round(med["default"], 3), "v1_ms_per_window": round(med["v1"], 3),
+                        "ratio": round(med["default"] / med["v1"], 3), "within_budget": med["default"] <= med["v1"]}
+    return out
+
+
 def run_peer(path: str, threads: int = 2) -> dict:
     """BirdNET V2.4 (TFLite) through ../shared/peer on `path`; its JSON line."""
     peer = os.path.join(SHARED, "peer")
@@ -247,7 +288,12 @@ def main() -> None:
     ap.add_argument("--no-24h", action="store_true")
     ap.add_argument("--peer", choices=["birdnet"], default=None, help="also run BirdNET on the 48 kHz file")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--budget-only", action="store_true", help="only the per-window budget against v1's ONNX")
+    ap.add_argument("--reference-onnx", default=V1_ONNX, help="v1's ONNX: a file or a git object (default %(default)s)")
     a = ap.parse_args()
+    if a.budget_only:
+        print(json.dumps({"budget": onnx_budget(a.reference_onnx)}, indent=1))
+        return
     os.makedirs(a.work, exist_ok=True)
     h = 1 / 6 if a.quick else 1.0
     tag = "10min" if a.quick else "1h"
@@ -276,6 +322,7 @@ def main() -> None:
     result["stages"] = [stage_breakdown(files[f"wav32k_{tag}"]), stage_breakdown(files[f"mp3_48k_{tag}"])]
     if not a.skip_latency:
         result["latency"] = latency_table(a.work)
+    result["budget"] = onnx_budget(a.reference_onnx)
     if a.peer:
         peer = run_peer(files[f"wav48k_{tag}"])
         ours = run_analyze(files[f"wav48k_{tag}"], out, [])
