@@ -166,8 +166,8 @@ def save_onnx(module: nn.Module, meta: dict, path: str, window_samples: int) -> 
                                      input_names=["pcm"], output_names=["probabilities"], opset_version=18,
                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
         model = prog.model_proto
-        # Constant folding alone (no rewrites) turns the exporter's Expand/CastLike chains into plain
-        # initializers, so onnxruntime can fuse each BatchNormalization into its Conv: v7's graph went
+        # Constant folding alone (no rewrites) turns the exporter's Expand/CastLike chains (each Conv's
+        # bias) into initializers, so onnxruntime fuses BatchNormalization into Conv: v7's graph went
         # from 3.7 to 2.1 ms per window (batch 32, one thread) with outputs equal to 1.2e-7.
         fold_constants(model)
         remove_unused_nodes(model)

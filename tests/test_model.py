@@ -194,6 +194,18 @@ assert "torch" not in sys.modules and not any(k.startswith("birdsound") for k in
 """
 
 
+def assert_folded(path: str) -> None:
+    """Constant-folded at export: every Conv and BatchNormalization reads its parameters from initializers,
+    which lets onnxruntime fuse them (unfolded, each Conv's bias came through an Expand/CastLike chain)."""
+    import onnx
+
+    g = onnx.load(path).graph
+    consts = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    layers = [n for n in g.node if n.op_type in ("Conv", "BatchNormalization")]
+    assert layers and all(set(n.input[1:]) <= consts for n in layers)
+    assert not [n for n in g.node if n.op_type == "CastLike"]
+
+
 def test_onnx_export_runs_without_torch_and_matches_eager(small_model, synth_dataset, tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "m.onnx"
@@ -206,6 +218,7 @@ def test_onnx_export_runs_without_torch_and_matches_eager(small_model, synth_dat
                        capture_output=True, text=True, cwd=str(tmp_path))
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["32000", "3"]
+    assert_folded(str(out))
     net, _ = load_checkpoint(small_model)
     with torch.no_grad():
         ref = torch.sigmoid(net(torch.from_numpy(x))).numpy()
@@ -271,6 +284,7 @@ def test_shipped_onnx_is_the_shipped_checkpoint():
     x = np.stack([synth_call(k, 3.0, 70 + i) for i, k in enumerate(SYNTH_SPECIES.values())]
                  + [np.random.default_rng(1).normal(0, 0.05, 96000).astype(np.float32), np.zeros(96000, np.float32)])
     assert np.abs(ckpt.predict(x) - onnx_model.predict(x)).max() < 1e-4
+    assert_folded(DEFAULT_ONNX_PATH)
 
 
 def test_analyze_default_model_runs_without_torch(synth_dataset, tmp_path):
