@@ -233,21 +233,19 @@ def onnx_budget(reference: str, rounds: int = 7) -> dict:
 
     from birdsound.runtime import DEFAULT_ONNX_PATH
 
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    ref_bytes = reference
     if not os.path.exists(reference):
         blob = subprocess.run(["git", "-C", ROOT, "show", reference], capture_output=True)
         if blob.returncode:
             return {"error": f"reference {reference}: {blob.stderr.decode().strip()}"}
-        path = os.path.join(tempfile.mkdtemp(prefix="bench-ref-"), "reference.onnx")
-        with open(path, "wb") as f:
-            f.write(blob.stdout)
-        reference = path
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+        ref_bytes = blob.stdout
     sessions = {"default": ort.InferenceSession(DEFAULT_ONNX_PATH, so, providers=["CPUExecutionProvider"]),
-                "v1": ort.InferenceSession(reference, so, providers=["CPUExecutionProvider"])}
+                "v1": ort.InferenceSession(ref_bytes, so, providers=["CPUExecutionProvider"])}
     x = source_audio(32000, 96.0)[:32 * 96000].reshape(32, 96000).astype(np.float32)
-    out: dict = {"reference": V1_ONNX if reference.endswith("reference.onnx") else reference}
+    out: dict = {"reference": reference}
     for b in (1, 32):
         times: dict = {k: [] for k in sessions}
         for _ in range(rounds):
