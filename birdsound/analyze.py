@@ -239,6 +239,10 @@ class LocalExecutor:
     def as_completed(self, futures):
         return concurrent.futures.as_completed(futures)
 
+    def lost(self, e: Exception) -> bool:
+        """Whether `e` says the task's worker died (never, in this process)."""
+        return False
+
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)
 
@@ -262,10 +266,11 @@ class DaskExecutor:
 
     def __init__(self, model: Classifier, opts: AnalyzeOptions, address, workers: int):
         try:
-            from dask.distributed import Client, LocalCluster, as_completed
+            from dask.distributed import Client, KilledWorker, LocalCluster, as_completed
         except ImportError:
             raise ValueError("--dask needs dask.distributed: pip install 'birdsound[scale]'") from None
-        self._as_completed, self.address, self.opts, self.cluster = as_completed, address, opts, None
+        self._as_completed, self._killed, self.address, self.opts, self.cluster = \
+            as_completed, KilledWorker, address, opts, None
         try:
             if address == "local":
                 self.cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
@@ -284,6 +289,10 @@ class DaskExecutor:
 
     def as_completed(self, futures):
         return self._as_completed(futures)
+
+    def lost(self, e: Exception) -> bool:
+        """Whether `e` says the task's workers died under it (perhaps killed by another task)."""
+        return isinstance(e, self._killed)
 
     def close(self) -> None:
         if isinstance(self.address, str):
@@ -354,7 +363,7 @@ def run(model: Classifier, inputs: list[tuple[str, str]], out_dir: str | None, r
         try:
             j.results[c.index] = fut.result()
         except Exception as e:  # noqa: BLE001 - every failure of a file is one line; the batch goes on
-            if retry is not None and type(e).__name__ == "KilledWorker":
+            if retry is not None and executor.lost(e):
                 retry.append((j, c))
                 return
             j.error = _error_line(j.path, e)
@@ -374,9 +383,7 @@ def run(model: Classifier, inputs: list[tuple[str, str]], out_dir: str | None, r
         # lost that way runs once more, alone, so that only a chunk that kills workers itself fails.
         for j, c in lost:
             if not j.error:
-                fut = executor.submit(c)
-                next(iter(executor.as_completed([fut])))
-                collect(fut, j, c, None)
+                collect(executor.submit(c), j, c, None)  # waits for it: one at a time
     finally:
         executor.close()
         bar.close()

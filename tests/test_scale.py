@@ -117,16 +117,23 @@ def _die_once(model_path, chunk, opts):
     return analyze._dask_chunk(model_path, chunk, opts)
 
 
-def test_dask_worker_death_is_retried_or_reported(tone_model, long_tones, tmp_path, monkeypatch):
-    pytest.importorskip("distributed")
+def dying_workers(monkeypatch, tmp_path):
+    """Dask workers run :func:`_die_once` instead of the chunk task; returns its marker file."""
     import cloudpickle
-    import dask
-    from dask.distributed import Client, LocalCluster
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     monkeypatch.setattr(an, "_dask_chunk", _die_once)
     monkeypatch.setenv("BIRDSOUND_TEST_MARKER", str(tmp_path / "died"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
+    return tmp_path / "died"
+
+
+def test_dask_worker_death_is_retried_or_reported(tone_model, long_tones, tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    dying_workers(monkeypatch, tmp_path)
     model = load_model(tone_model)
     inputs = audio.find_audio_files([long_tones])
     opts = an.AnalyzeOptions()
@@ -147,15 +154,10 @@ def test_dask_worker_death_takes_no_other_file_along(tone_model, long_tones, tmp
     """One worker holding every task (no queueing, no Dask retries): c.wav kills it, and with it the
     tasks of sub/b.wav waiting there; b.wav must still be analysed, only c.wav reported."""
     pytest.importorskip("distributed")
-    import cloudpickle
     import dask
     from dask.distributed import Client, LocalCluster
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    monkeypatch.setattr(an, "_dask_chunk", _die_once)
-    marker = tmp_path / "died"
-    monkeypatch.setenv("BIRDSOUND_TEST_MARKER", str(marker))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
+    marker = dying_workers(monkeypatch, tmp_path)
     marker.touch()
     open(str(marker) + ".always", "w").close()
     model = load_model(tone_model)
