@@ -180,6 +180,15 @@ def stage_breakdown(path: str, seconds: float = 600.0) -> dict:
             "onnxruntime_mel_plus_cnn_s_per_audio_hour": None if onnx_s is None else round(onnx_s * per_hour, 3)}
 
 
+def ms_per_window(predict, x: np.ndarray, reps: int) -> float:
+    """Milliseconds per window of `predict(x)` (one call to warm up, then `reps` timed)."""
+    predict(x)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        predict(x)
+    return (time.perf_counter() - t0) / reps / len(x) * 1000
+
+
 def latency_table(work: str) -> list[dict]:
     """Per-window latency (ms) of eager, TorchScript, int8 lite and ONNX at batch 1/32, 1/2 threads."""
     import torch
@@ -214,13 +223,7 @@ def latency_table(work: str) -> list[dict]:
             row = {"model": name, "threads": threads}
             with torch.inference_mode():
                 for b in (1, 32):
-                    x = wins[:b]
-                    predict(x)
-                    reps = max(3, 64 // b)
-                    t0 = time.perf_counter()
-                    for _ in range(reps):
-                        predict(x)
-                    row[f"ms_per_window_b{b}"] = round((time.perf_counter() - t0) / reps / b * 1000, 3)
+                    row[f"ms_per_window_b{b}"] = round(ms_per_window(predict, wins[:b], max(3, 64 // b)), 3)
             rows.append(row)
     return rows
 
@@ -250,12 +253,7 @@ def onnx_budget(reference: str, rounds: int = 7) -> dict:
         times: dict = {k: [] for k in sessions}
         for _ in range(rounds):
             for k, s in sessions.items():
-                s.run(None, {"pcm": x[:b]})
-                reps = max(3, 320 // b)
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    s.run(None, {"pcm": x[:b]})
-                times[k].append((time.perf_counter() - t0) / reps / b * 1000)
+                times[k].append(ms_per_window(lambda w, s=s: s.run(None, {"pcm": w}), x[:b], max(3, 320 // b)))
         med = {k: float(np.median(v)) for k, v in times.items()}
         out[f"b{b}"] = {"default_ms_per_window": round(med["default"], 3), "v1_ms_per_window": round(med["v1"], 3),
                         "ratio": round(med["default"] / med["v1"], 3), "within_budget": med["default"] <= med["v1"]}
