@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 
@@ -19,13 +20,16 @@ from birdsound.crossval import at_offset, offset_keeping
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("npz")
+    ap.add_argument("npz", help="a cross-validation's cv_logits.npz, or the run directory that holds it")
     ap.add_argument("--step", type=float, default=0.25)
     ap.add_argument("--max", type=float, default=8.0)
     ap.add_argument("--at-recall", type=float, action="append", default=[],
                     help="Also report the false detections at the offset giving this recall (repeatable).")
     a = ap.parse_args()
-    z = np.load(a.npz)
+    path = os.path.join(a.npz, "cv_logits.npz") if os.path.isdir(a.npz) else a.npz
+    if not os.path.isfile(path):
+        ap.error(f"{path}: no such file (a cross-validation's cv_logits.npz, or its run directory)")
+    z = np.load(path)
     folds = sorted({k[4] for k in z.files if k.startswith("fold")})
     cat = lambda key: np.concatenate([z[f"fold{k}{key}"] for k in folds])  # noqa: E731
     rec, files, present = cat("_free_recordings_logits"), cat("_free_files_logits"), cat("_present_logits")
