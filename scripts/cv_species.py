@@ -26,6 +26,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("run")
     a = ap.parse_args()
+    if not os.path.isfile(os.path.join(a.run, "metrics.json")):
+        ap.error(f"{a.run}: not a cross-validated run (no metrics.json)")
     metrics = json.load(open(os.path.join(a.run, "metrics.json")))
     z = np.load(os.path.join(a.run, "cv_logits.npz"))
     cv, labels = metrics["cross_validation"], metrics["labels"]

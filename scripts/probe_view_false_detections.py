@@ -12,6 +12,7 @@ extra and a teacher cache that holds the views.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 
 import numpy as np
@@ -32,6 +33,10 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=2, help="views per teacher window, as the run that cached them")
     ap.add_argument("--folds", type=int, default=2)
     a = ap.parse_args()
+    missing = [f"{run}/fold{k}.pt" for run in a.runs for k in range(1, a.folds + 1)
+               if not os.path.isfile(f"{run}/fold{k}.pt")]
+    if missing:
+        ap.error(f"{missing[0]}: no such fold model (a cross-validated run folder is needed)")
     torch.set_num_threads(2)
     prep = load_training_data(a.data, teacher="birdnet", cache_dir=a.teacher_cache, views=a.views)
     index = {lab: i for i, lab in enumerate(prep.labels)}
