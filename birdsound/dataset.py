@@ -57,8 +57,8 @@ def read_dataset(data: str) -> tuple[list[Recording], list[str]]:
     Raises
     ------
     DatasetError
-        For a missing folder, a manifest without its columns, a folder or species not named
-        ``Scientific name_Common name``, or no recordings at all.
+        For a missing folder, a manifest without its columns or listing a file twice, a folder or
+        species not named ``Scientific name_Common name``, or no recordings at all.
     """
     if os.path.isfile(data):
         return _read_manifest(data)
@@ -83,7 +83,7 @@ def read_dataset(data: str) -> tuple[list[Recording], list[str]]:
 
 def _read_manifest(path: str) -> tuple[list[Recording], list[str]]:
     base = os.path.dirname(os.path.abspath(path))
-    recs, noise = [], []
+    recs, noise, first_line = [], [], {}
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -91,6 +91,10 @@ def _read_manifest(path: str) -> tuple[list[Recording], list[str]]:
                 raise DatasetError(f"{path}: manifest needs columns 'path' and 'species'")
             for lineno, row in enumerate(reader, 2):
                 p = row["path"] if os.path.isabs(row["path"]) else os.path.join(base, row["path"])
+                if (seen := first_line.setdefault(os.path.normpath(p), lineno)) != lineno:
+                    # two rows of one file could fall in two folds: a recording validated on itself
+                    raise DatasetError(f"{path} line {lineno}: {row['path']} is listed again (line {seen}): list a "
+                                       "recording once, its species joined by ';'")
                 sp = (row["species"] or "").strip()
                 if sp.lower() in NOISE_FOLDERS or not sp:
                     noise.append(p)

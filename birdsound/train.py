@@ -194,6 +194,12 @@ def new_net(prep: Prepared, cfg: TrainConfig) -> BirdNetLite:
     return BirdNetLite(len(prep.labels), sr, frontend=prep.frontend.config(), backbone=cfg.backbone)
 
 
+def warmup_share(steps: int) -> float:
+    """The one-cycle schedule's share of rising steps: 10 %, at least 3 steps, and short of all of them (a
+    run of 1-3 steps has a falling phase too, which OneCycleLR needs)."""
+    return min(max(0.1, 3.0 / steps), 1 - 0.5 / steps)
+
+
 def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str = "training",
         evaluate=None, progress: bool = True, log=None, teachers: list[BirdNetLite] = (),
         init: dict | None = None) -> tuple[BirdNetLite, dict]:
@@ -216,7 +222,7 @@ def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str
     params = list(net.parameters()) + [p for m in (proj, aux_head) if m is not None for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps,
-                                                pct_start=max(0.1, 3.0 / cfg.steps))
+                                                pct_start=warmup_share(cfg.steps))
     ema = None
     if cfg.ema_decay > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn

@@ -2,6 +2,7 @@
 --sensitivity and MP3 input, as a user runs them."""
 
 import csv
+import glob
 import json
 import os
 import shutil
@@ -36,6 +37,22 @@ def test_species_folder_not_named_scientific_common_is_one_clear_line(synth_data
     r = cli("train", str(data), "-o", str(tmp_path / "m"), "--steps", "5")
     assert r.exit_code == 2 and "blackbird" in r.output and "Scientific name_Common name" in r.output, r.output
     assert "Traceback" not in r.output
+
+
+def test_manifest_listing_a_file_twice_is_one_clear_line(synth_dataset, tmp_path):
+    """A file on two rows could fall in both folds (validated on itself): refused, naming both lines."""
+    files = sorted(os.path.join(d, f) for d in glob.glob(os.path.join(synth_dataset, "*_*")) for f in os.listdir(d))
+    rows = ["path,species"] + [f"{f},{os.path.basename(os.path.dirname(f))}" for f in files]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    r = cli("train", str(manifest), "-o", str(tmp_path / "ok"), "--steps", "2")
+    assert r.exit_code == 0, r.output
+    twice = os.path.relpath(files[1], tmp_path)  # the same file again, spelled as a relative path
+    manifest.write_text("\n".join(rows + [f"{twice},Avis pulsus_Pulser"]) + "\n")
+    r = cli("train", str(manifest), "-o", str(tmp_path / "m"), "--steps", "2")
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert f"line {len(rows) + 1}" in r.output and "(line 3)" in r.output and twice in r.output, r.output
+    assert not (tmp_path / "m").exists()
 
 
 def test_train_with_folds_reports_cross_validation_and_writes_a_card(synth_dataset, tmp_path):
