@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import audio
+from .util import file_sha256
 
 NOISE_FOLDERS = {"noise", "background", "other", "non-bird", "nonbird"}
 SYNTH_NOISE_S = 40.0
@@ -108,6 +109,26 @@ def _read_manifest(path: str) -> tuple[list[Recording], list[str]]:
     if not recs:
         raise DatasetError(f"{path}: manifest lists no recordings")
     return recs, noise
+
+
+def check_distinct(recs: list[Recording]) -> None:
+    """Refuse two recordings with the same bytes: cross-validation by recording would put one in training
+    and its copy in validation. Unreadable files pass (they are skipped later, with their reason).
+
+    Raises
+    ------
+    DatasetError
+        Naming both files.
+    """
+    first: dict[str, str] = {}
+    for r in recs:
+        try:
+            digest = file_sha256(r.path)
+        except OSError:
+            continue
+        if (other := first.setdefault(digest, r.path)) != r.path:
+            raise DatasetError(f"{r.path}: the same audio as {other} (a copy could be validated on itself): keep "
+                               "one, with all its species joined by ';' in a manifest")
 
 
 def label_set(recs: list[Recording]) -> list[str]:

@@ -15,7 +15,6 @@ Precompute for a dataset (folder of species folders or manifest CSV):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import os
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import audio
-from .util import atomic_path
+from .util import atomic_path, file_sha256
 
 TEACHER_RATE_HZ = 48000
 TEACHER_WINDOW_S = 3.0
@@ -196,11 +195,7 @@ class BirdNet:
 
 def content_key(path: str, hop_s: float) -> str:
     """Cache key: SHA-256 of the file's bytes, the hop and the cache format."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return f"{h.hexdigest()[:32]}_hop{int(round(hop_s * 1000))}_v{CACHE_VERSION}"
+    return f"{file_sha256(path)[:32]}_hop{int(round(hop_s * 1000))}_v{CACHE_VERSION}"
 
 
 def cache_path(cache_dir: str, path: str, hop_s: float) -> str:

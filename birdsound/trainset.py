@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from . import audio
 from .augment import CANDIDATE_STEP_FRAMES
-from .dataset import DatasetError, Recording, label_set, read_dataset, synth_noise
+from .dataset import DatasetError, Recording, check_distinct, label_set, read_dataset, synth_noise
 from .features import LOG_EPS, MelFrontEnd
 from .metadata import SAMPLE_RATE_HZ, WINDOW_S
 
@@ -113,9 +113,10 @@ def load_training_data(data: str, sample_rate: int = SAMPLE_RATE_HZ, window_s: f
     Raises
     ------
     DatasetError
-        When DATA has no readable recordings or fewer than two species.
+        When DATA has no readable recordings, fewer than two species or one recording twice.
     """
     recs, noise_files = read_dataset(data)
+    check_distinct(recs)
     labels = label_set(recs)
     if len(labels) < 2:
         raise DatasetError(f"{data}: only one species ({labels[0]}); a classifier needs at least two "

@@ -6,6 +6,7 @@ Nothing here imports another birdsound module.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import sys
@@ -113,3 +114,9 @@ def quiet_logger(name: str) -> Iterator[None]:
         yield
     finally:
         log.setLevel(level)
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes (what says two files are one recording)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

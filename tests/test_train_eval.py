@@ -55,6 +55,19 @@ def test_manifest_listing_a_file_twice_is_one_clear_line(synth_dataset, tmp_path
     assert not (tmp_path / "m").exists()
 
 
+def test_one_recording_under_two_names_is_one_clear_line(synth_dataset, tmp_path):
+    """The same audio in two species folders (a copy could be validated on itself): refused, naming both."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_dataset, data)
+    src = sorted((data / "Avis chirpus_Chirper").iterdir())[0]
+    copy = data / "Avis pulsus_Pulser" / "copy_of_chirper.wav"
+    shutil.copy(src, copy)
+    r = cli("train", str(data), "-o", str(tmp_path / "m"), "--steps", "2", "--folds", "2")
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert str(copy) in r.output and str(src) in r.output and "same audio" in r.output, r.output
+    assert not (tmp_path / "m").exists()
+
+
 def test_train_with_folds_reports_cross_validation_and_writes_a_card(synth_dataset, tmp_path):
     out = tmp_path / "m"
     r = cli("train", synth_dataset, "-o", str(out), "--steps", "60", "--folds", "2", "--batch-size", "16")
