@@ -6,6 +6,7 @@ Nothing here imports another birdsound module.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -117,6 +118,14 @@ def quiet_logger(name: str) -> Iterator[None]:
 
 
 def file_sha256(path: str) -> str:
-    """Hex SHA-256 of a file's bytes (what says two files are one recording)."""
+    """Hex SHA-256 of a file's bytes (what says two files are one recording); read once per process while
+    the file's size and modification time stay the same (the training data's check, teacher and views
+    caches all ask)."""
+    st = os.stat(path)
+    return _sha256(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=65536)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
