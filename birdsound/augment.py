@@ -153,10 +153,10 @@ class Sampler:
         self.other_negatives = [(r, j) for r, j in self.other_negatives if len(j)]
         self.aux = self._aux_columns(list(recs) + list(negative_recs)) if aux and self.teacher else None
         # views (birdsound.views) where the teacher hears the recording's focal species
-        self.view_pos = {id(r): np.flatnonzero(r.views.targets.probs[:, self.index[r.labels[0]]] >= POS_P)
+        self.view_pos = {r.path: np.flatnonzero(r.views.targets.probs[:, self.index[r.labels[0]]] >= POS_P)
                          for r in recs if r.views is not None}
         # ... and views in which it hears none of ours (a recording's teacher-empty views)
-        self.view_neg = {id(r): np.flatnonzero(empty(r.views.targets, [self.index[lab] for lab in r.labels]))
+        self.view_neg = {r.path: np.flatnonzero(empty(r.views.targets, [self.index[lab] for lab in r.labels]))
                          for r in recs if r.views is not None} if self.cfg.view_negative_p else {}
 
     @staticmethod
@@ -220,11 +220,11 @@ class Sampler:
         return x
 
     def _view(self, r: Recording, p: float, rows: dict, hard: np.ndarray) -> _Item | None:
-        """With chance `p`, one of `r`'s augmented views among ``rows[id(r)]``, with the teacher's targets on
+        """With chance `p`, one of `r`'s augmented views among ``rows[r.path]``, with the teacher's targets on
         exactly that audio; None when not drawn (or `r` has no such view)."""
         if not p or r.views is None or self.rng.random() >= p:
             return None
-        cand = rows.get(id(r))
+        cand = rows.get(r.path)
         if cand is None or not len(cand):
             return None
         j = int(self.rng.choice(cand))
