@@ -26,8 +26,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("run")
     a = ap.parse_args()
-    if not os.path.isfile(os.path.join(a.run, "metrics.json")):
-        ap.error(f"{a.run}: not a cross-validated run (no metrics.json)")
+    missing = [f for f in ("metrics.json", "cv_logits.npz") if not os.path.isfile(os.path.join(a.run, f))]
+    if missing:
+        ap.error(f"{a.run}: not a cross-validated run (no {', '.join(missing)})")
     metrics = json.load(open(os.path.join(a.run, "metrics.json")))
     z = np.load(os.path.join(a.run, "cv_logits.npz"))
     cv, labels = metrics["cross_validation"], metrics["labels"]
