@@ -111,24 +111,40 @@ def _read_manifest(path: str) -> tuple[list[Recording], list[str]]:
     return recs, noise
 
 
-def check_distinct(recs: list[Recording]) -> None:
-    """Refuse two recordings with the same bytes: cross-validation by recording would put one in training
-    and its copy in validation. Unreadable files pass (they are skipped later, with their reason).
+def check_distinct(recs: list[Recording], bird_free: list[str] = (), held_out: list[str] = ()) -> None:
+    """Refuse the same bytes twice where it would mislead training or its validation: two recordings
+    (cross-validation by recording would put one in training and its copy in validation), a `bird_free`
+    file that is a recording (taught both as its species and as silence), a `held_out` bird-free file that
+    is trained on (its false detections would be measured on training audio). Unreadable files pass
+    (they are skipped later, with their reason).
 
     Raises
     ------
     DatasetError
         Naming both files.
     """
+    def digests(paths):
+        for p in paths:
+            try:
+                yield p, file_sha256(p)
+            except OSError:
+                continue
+
     first: dict[str, str] = {}
-    for r in recs:
-        try:
-            digest = file_sha256(r.path)
-        except OSError:
-            continue
-        if (other := first.setdefault(digest, r.path)) != r.path:
-            raise DatasetError(f"{r.path}: the same audio as {other} (a copy could be validated on itself): keep "
+    for path, digest in digests([r.path for r in recs]):
+        if (other := first.setdefault(digest, path)) != path:
+            raise DatasetError(f"{path}: the same audio as {other} (a copy could be validated on itself): keep "
                                "one, with all its species joined by ';' in a manifest")
+    for path, digest in digests(bird_free):
+        if digest in first:
+            raise DatasetError(f"{path}: bird-free audio with the same bytes as the recording {first[digest]} "
+                               "(it would be taught both as its species and as silence): remove it from the "
+                               "bird-free audio")
+    trained = {**{d: p for p, d in digests(bird_free)}, **first}
+    for path, digest in digests(held_out):
+        if digest in trained:
+            raise DatasetError(f"{path}: held-out bird-free audio with the same bytes as {trained[digest]}, which is "
+                               "trained on (its false detections would be measured on training audio)")
 
 
 def label_set(recs: list[Recording]) -> list[str]:

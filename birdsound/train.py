@@ -297,7 +297,7 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     prep = load_training_data(data, teacher=cfg.teacher, negatives=negatives, seed=cfg.seed, cache_dir=cache_dir,
-                              frontend=cfg.frontend, views=cfg.views)
+                              frontend=cfg.frontend, views=cfg.views, held_out=val_negatives if folds >= 2 else ())
     for n in prep.notes:
         log(n)
     report: dict = {"data": data, "labels": prep.labels, "n_recordings": len(prep.recs), "config": asdict(cfg),

@@ -106,17 +106,21 @@ def default_cache_dir() -> str:
 
 def load_training_data(data: str, sample_rate: int = SAMPLE_RATE_HZ, window_s: float = WINDOW_S,
                        teacher: str | None = None, negatives: list[str] = (), seed: int = 0,
-                       cache_dir: str | None = None, frontend: dict | None = None, views: int = 0) -> Prepared:
+                       cache_dir: str | None = None, frontend: dict | None = None, views: int = 0,
+                       held_out: list[str] = ()) -> Prepared:
     """Read, decode and prepare DATA (and bird-free `negatives` folders/files) for training; with a teacher
     and `views`, also that many augmented views per teacher window of each recording (:mod:`birdsound.views`).
+    `held_out` names the bird-free files the folds are validated on, only to check none is trained on.
 
     Raises
     ------
     DatasetError
-        When DATA has no readable recordings, fewer than two species or one recording twice.
+        When DATA has no readable recordings, fewer than two species, one recording twice, or a recording
+        among the bird-free audio (or training audio among the `held_out` files).
     """
     recs, noise_files = read_dataset(data)
-    check_distinct(recs)
+    neg_files = list(noise_files) + [p for p, _ in audio.find_audio_files(list(negatives))]
+    check_distinct(recs, neg_files, [p for p, _ in audio.find_audio_files(list(held_out))])
     labels = label_set(recs)
     if len(labels) < 2:
         raise DatasetError(f"{data}: only one species ({labels[0]}); a classifier needs at least two "
@@ -129,7 +133,6 @@ def load_training_data(data: str, sample_rate: int = SAMPLE_RATE_HZ, window_s: f
     notes = [f"skipped: {e}" for e in errors]
     if not recs:
         raise DatasetError(f"{data}: no readable recordings")
-    neg_files = list(noise_files) + [p for p, _ in audio.find_audio_files(list(negatives))]
     neg_recs, errors = prepare([Recording(p, []) for p in neg_files], frontend, wf, desc="bird-free audio")
     notes += [f"skipped: {e}" for e in errors]
     prep = Prepared(recs, labels, [], neg_recs, frontend, wf, notes, cache_dir or default_cache_dir(), window_s)

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import shutil
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -65,6 +66,26 @@ def test_one_recording_under_two_names_is_one_clear_line(synth_dataset, tmp_path
     r = cli("train", str(data), "-o", str(tmp_path / "m"), "--steps", "2", "--folds", "2")
     assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
     assert str(copy) in r.output and str(src) in r.output and "same audio" in r.output, r.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_recording_given_as_bird_free_audio_is_one_clear_line(synth_dataset, tmp_path):
+    """A species recording also passed as bird-free audio (it would be taught as its species and as silence),
+    and a held-out bird-free file that is also trained on: each refused in one line naming both files."""
+    src = sorted((Path(synth_dataset) / "Avis chirpus_Chirper").iterdir())[0]
+    neg = tmp_path / "neg"
+    neg.mkdir()
+    shutil.copy(src, neg / "quiet_evening.wav")
+    r = cli("train", synth_dataset, "-o", str(tmp_path / "m"), "--steps", "2", "--negatives", str(neg))
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert str(neg / "quiet_evening.wav") in r.output and str(src) in r.output and "bird-free" in r.output, r.output
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    sf.write(noise / "hum.wav", np.sin(np.arange(16000) * 0.3).astype(np.float32) * 0.1, 16000)
+    r = cli("train", synth_dataset, "-o", str(tmp_path / "m"), "--steps", "2", "--folds", "2",
+            "--negatives", str(noise), "--val-negatives", str(noise / "hum.wav"))
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "held-out" in r.output and str(noise / "hum.wav") in r.output, r.output
     assert not (tmp_path / "m").exists()
 
 
