@@ -8,6 +8,8 @@ round-robin over the folds (same folds for the same seed, whatever the model).
 
 from __future__ import annotations
 
+import json
+import os
 import random
 
 import numpy as np
@@ -27,6 +29,24 @@ FREE_SOURCES = ("validation_recordings", "bird_free_files")  # where bird-free w
 PRESENT_P = 0.5  # teacher probability of the focal species that counts as "the bird is there" (recall)
 METRIC_KEYS = ("recording_top1", "recording_top5", "window_macro_ap", "window_macro_auc",
                "false_detections_per_hour", "recall_at_default")
+
+
+def read_cv_run(run: str, also: tuple[str, ...] = ()) -> tuple[dict, dict[str, np.ndarray]]:
+    """A cross-validated run folder's ``metrics.json`` and its folds' held-out arrays (``cv_logits.npz``),
+    after checking that these and the files `also` are there.
+
+    Raises
+    ------
+    FileNotFoundError
+        One line naming the run and the files it lacks.
+    """
+    missing = [f for f in ("metrics.json", "cv_logits.npz") + tuple(also) if not os.path.isfile(os.path.join(run, f))]
+    if missing:
+        raise FileNotFoundError(f"{run}: not a cross-validated training run (no {', '.join(missing)})")
+    with open(os.path.join(run, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    with np.load(os.path.join(run, "cv_logits.npz")) as z:
+        return metrics, {key: z[key] for key in z.files}
 
 
 def assign_folds(recs: list[Recording], k: int, seed: int) -> list[int]:

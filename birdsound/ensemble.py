@@ -36,17 +36,15 @@ class EnsembleError(Exception):
 def read_run(run: str) -> tuple[BirdNetLite, Metadata, dict, list[dict]]:
     """A cross-validated run's final model with its calibration offset taken out (raw logits), its
     metadata, its ``metrics.json`` and its folds' held-out arrays (``cv_logits.npz``)."""
-    paths = [os.path.join(run, f) for f in ("model.pt", "metrics.json", "cv_logits.npz")]
-    missing = [p for p in paths if not os.path.exists(p)]
-    if missing:
-        raise EnsembleError(f"{run}: not a cross-validated training run (no {', '.join(map(os.path.basename, missing))})")
+    try:
+        _, held_out = crossval.read_cv_run(run, also=("model.pt",))
+    except FileNotFoundError as e:
+        raise EnsembleError(str(e)) from None
     net, meta, report = raw_final_model(run)
     cv = report.get("cross_validation")
     if not cv or "k" not in cv:
         raise EnsembleError(f"{run}: metrics.json has no cross-validation of its own")
     folds = []
-    with np.load(paths[2]) as z:
-        held_out = {key: z[key] for key in z.files}
     for k in range(cv["k"]):
         arrays = {key[len(f"fold{k}"):]: v for key, v in held_out.items() if key.startswith(f"fold{k}_")}
         absent = [key for key in IDENTITY_KEYS + LOGIT_KEYS if key not in arrays]

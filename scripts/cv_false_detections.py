@@ -60,11 +60,10 @@ def main():
     ap.add_argument("--data", default="datasets/xc_train_manifest.csv")
     ap.add_argument("--teacher-cache", default="runs/teacher_cache")
     a = ap.parse_args()
-    missing = [f for f in ("metrics.json", "cv_logits.npz") if not os.path.isfile(os.path.join(a.run, f))]
-    if missing:
-        ap.error(f"{a.run}: not a cross-validated run (no {', '.join(missing)})")
-    metrics = json.load(open(os.path.join(a.run, "metrics.json")))
-    arrays = np.load(os.path.join(a.run, "cv_logits.npz"))
+    try:
+        metrics, arrays = crossval.read_cv_run(a.run)
+    except FileNotFoundError as e:
+        ap.error(str(e))
     cv = metrics["cross_validation"]
     offset, labels = cv["logit_offset"], metrics["labels"]
     theirs = teacher_labels()

@@ -12,12 +12,12 @@ Worst species first.
 
 import argparse
 import json
-import os
 import sys
 from collections import Counter
 
 import numpy as np
 
+from birdsound import crossval
 from birdsound.metrics import macro_ap, recording_scores
 from birdsound.teacher import sigmoid
 
@@ -26,13 +26,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("run")
     a = ap.parse_args()
-    missing = [f for f in ("metrics.json", "cv_logits.npz") if not os.path.isfile(os.path.join(a.run, f))]
-    if missing:
-        ap.error(f"{a.run}: not a cross-validated run (no {', '.join(missing)})")
-    metrics = json.load(open(os.path.join(a.run, "metrics.json")))
-    z = np.load(os.path.join(a.run, "cv_logits.npz"))
+    try:
+        metrics, z = crossval.read_cv_run(a.run)
+    except FileNotFoundError as e:
+        ap.error(str(e))
     cv, labels = metrics["cross_validation"], metrics["labels"]
-    if "fold0_window_logits" not in z.files:
+    if "fold0_window_logits" not in z:
         sys.exit(f"{a.run}/cv_logits.npz: no held-out window identities (a run older than 2026-12-01); "
                  "rerun the cross-validation")
     method = cv["recording_score"]
