@@ -247,10 +247,13 @@ class BirdNetLite(nn.Module):
 def average(nets: list[BirdNetLite], backbones: list[dict | None]) -> BirdNetLite:
     """One model whose logits are the mean of the logits of `nets` (same labels, sample rate and front end;
     `backbones`: each net's ``backbone`` metadata). Its backbone is their backbones side by side
-    (:class:`EnsembleBackbone`, metadata :func:`ensemble_config`), its head theirs."""
+    (:class:`EnsembleBackbone`, metadata :func:`ensemble_config`), its head theirs. Front ends may differ in
+    ``scale`` alone (a pretrained net's input range): the ensemble's is the first net's, and another's ratio to
+    it is folded into that net's first convolution, which is exact (bias-free, zero-padded, applied first)."""
     first = nets[0]
     config = first.frontend.config()
-    key = lambda net: (net.frontend.config(), int(net.frontend.mel.sample_rate), net.head.out_features)  # noqa: E731
+    key = lambda net: ({k: v for k, v in net.frontend.config().items() if k != "scale"},  # noqa: E731
+                       int(net.frontend.mel.sample_rate), net.head.out_features)
     for net in nets[1:]:
         if key(net) != key(first):
             raise ModelError(f"models to average differ in front end, sample rate or labels: {key(net)} / {key(first)}")
@@ -260,9 +263,22 @@ def average(nets: list[BirdNetLite], backbones: list[dict | None]) -> BirdNetLit
     with torch.no_grad():
         for mine, net in zip(out.backbone.members, nets):
             mine.load_state_dict(net.backbone.state_dict())
+            if net.frontend.scale != first.frontend.scale:
+                stem(mine).weight.mul_(net.frontend.scale / first.frontend.scale)
         out.head.weight.copy_(torch.cat([net.head.weight for net in nets], dim=1) / len(nets))
         out.head.bias.copy_(torch.stack([net.head.bias for net in nets]).mean(dim=0))
     return out.eval()
+
+
+def stem(backbone: nn.Module) -> nn.Conv2d:
+    """A backbone's first convolution, the first operation on its input (not an ensemble's: one per member)."""
+    if isinstance(backbone, EnsembleBackbone):
+        raise ModelError("an ensemble member that is itself an ensemble cannot take another input scale")
+    conv = backbone.features[0]
+    conv = conv[0] if isinstance(conv, nn.Sequential) else conv
+    if not isinstance(conv, nn.Conv2d) or conv.bias is not None or conv.padding_mode != "zeros":
+        raise ModelError(f"{type(backbone).__name__}: its input scale cannot be folded into its first layer")
+    return conv
 
 
 def frontend_kwargs(config: dict) -> dict:

@@ -86,6 +86,36 @@ def test_size_and_cost_within_budget():
     assert count_mflops(net, 96000) < 50
 
 
+def test_average_of_nets_on_other_input_scales_is_the_mean_of_their_logits():
+    """A pretrained mn net reads the log-mel scaled by 0.2, a v1 net unscaled: their average folds the ratio into
+    the mn net's first convolution and gives the mean of both nets' logits on a bird call, in either order; front
+    ends differing in more than the scale are refused."""
+    from birdsound.model import average
+    torch.manual_seed(0)
+    plain = BirdNetLite(4).eval()
+    mn = BirdNetLite(4, frontend={"scale": 0.2}, backbone={"type": "mn", "depth": 11}).eval()
+    x = torch.from_numpy(np.stack([synth_call(kind, 3.0, 3) for kind in SYNTH_SPECIES.values()]))
+    for m in mn.modules():  # trained-looking normalisation: statistics of these calls, scales and shifts spread
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    with torch.no_grad():
+        mn.train()(x)
+        mn.eval()
+        assert (mn(x)[0] - mn(x)[1]).abs().max() > 0.01  # the net tells the calls apart
+        want = (plain(x) + mn(x)) / 2
+        unscaled = copy.deepcopy(mn)
+        unscaled.frontend.scale = 1.0
+        assert (mn(x) - unscaled(x)).abs().max() > 0.01  # the scale matters: ignoring it would be wrong
+        for nets, backbones in (([plain, mn], [None, {"type": "mn", "depth": 11}]),
+                                ([mn, plain], [{"type": "mn", "depth": 11}, None])):
+            assert torch.allclose(average(nets, backbones)(x), want, atol=1e-5)
+    with pytest.raises(ModelError, match="differ in front end"):
+        average([plain, BirdNetLite(4, frontend={"n_mels": 48})], [None, None])
+
+
 def test_info_command(small_model):
     r = CliRunner().invoke(main, ["info", small_model, "--labels"])
     assert r.exit_code == 0, r.output
