@@ -135,12 +135,13 @@ def check_distinct(recs: list[Recording], bird_free: list[str] = (), held_out: l
         if (other := first.setdefault(digest, path)) != path:
             raise DatasetError(f"{path}: the same audio as {other} (a copy could be validated on itself): keep "
                                "one, with all its species joined by ';' in a manifest")
-    for path, digest in digests(bird_free):
+    free = list(digests(bird_free))
+    for path, digest in free:
         if digest in first:
             raise DatasetError(f"{path}: bird-free audio with the same bytes as the recording {first[digest]} "
                                "(it would be taught both as its species and as silence): remove it from the "
                                "bird-free audio")
-    trained = {**{d: p for p, d in digests(bird_free)}, **first}
+    trained = {**{d: p for p, d in free}, **first}
     for path, digest in digests(held_out):
         if digest in trained:
             raise DatasetError(f"{path}: held-out bird-free audio with the same bytes as {trained[digest]}, which is "
