@@ -34,7 +34,7 @@ def held_out_rows(a, metrics: dict, arrays) -> list[list[tuple[str, str, float]]
     its logits: saved beside them by newer runs; rebuilt for older ones from the data, the folds and the
     window rule (loads every recording)."""
     cv, labels = metrics["cross_validation"], metrics["labels"]
-    if f"fold0{IDS}" in arrays.files:
+    if f"fold0{IDS}" in arrays:
         out = []
         for k in range(cv["k"]):
             files, focal = arrays[f"fold{k}_recording_files"], arrays[f"fold{k}_recording_focal"]
