@@ -331,6 +331,24 @@ def test_ensemble_averages_two_runs_logits_and_scores_them_from_their_held_out_l
     assert not (tmp_path / "bad").exists()
 
 
+def test_cv_species_script_reads_a_run_and_agrees_with_its_cross_validation(plain_and_ema, tmp_path):
+    """scripts/cv_species.py on a cross-validated run: per-species rows whose pooled top-1 is the run's own;
+    a folder that is not a run is one line naming it."""
+    import subprocess
+    import sys
+    root, plain, _, _ = plain_and_ema
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "cv_species.py")
+    r = subprocess.run([sys.executable, script, str(root / "plain")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    cv = plain["cross_validation"]
+    assert rep["recording_score"] == cv["recording_score"] and rep["recordings"] == 6
+    assert {row["species"] for row in rep["species"]} == set(plain["labels"])
+    assert rep["top1"] == pytest.approx(cv["mean"]["recording_top1"], abs=1e-3)  # equal folds: pooled = mean
+    r = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and str(tmp_path) in r.stderr and "not a cross-validated training run" in r.stderr, r.stderr
+
+
 def test_jobs_with_head_only_is_one_clear_line(small_model, synth_dataset, tmp_path):
     r = cli("train", synth_dataset, "-o", str(tmp_path / "h"), "--base", small_model, "--head-only", "--jobs", "2")
     assert r.exit_code == 2 and "--jobs" in r.output and r.output.count("\n") == 1, r.output
