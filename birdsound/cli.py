@@ -246,8 +246,11 @@ def info(model_path, show_labels):
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Fit the cross-validation folds and the final model side by side in this many processes "
                    "of one thread each (a small model trains faster so than in one process on many threads).")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run in OUTPUT (same command otherwise) from its last evaluation step: "
+                   "every fit saves its state in OUTPUT/training_state/ (removed when the run is done).")
 def train(data, out_dir, steps, batch_size, folds, cv_only, cv_from, seed, teacher, negatives, val_negatives, teacher_cache,
-          arch, pretrained, lr, recipe_json, base, head_only, model_version, license_, threads, jobs):
+          arch, pretrained, lr, recipe_json, base, head_only, model_version, license_, threads, jobs, resume):
     """Train a model on DATA: a folder with one subfolder per species
     ("Scientific name_Common name/", BirdNET-Analyzer's layout; an optional "noise/" folder
     holds recordings without birds) or a manifest CSV with columns path,species.
@@ -266,6 +269,8 @@ def train(data, out_dir, steps, batch_size, folds, cv_only, cv_from, seed, teach
         fail("--cv-from trains a whole final model; it does not combine with --head-only")
     if head_only and jobs > 1:
         fail("--jobs fits whole models side by side; --head-only trains one head in seconds: drop --jobs")
+    if head_only and resume:
+        fail("--resume continues a whole-model run; --head-only trains one head in seconds: drop --resume")
     if teacher and head_only:
         fail("--teacher trains the whole model; it does not combine with --head-only")
     if pretrained and arch != "mn":
@@ -287,7 +292,7 @@ def train(data, out_dir, steps, batch_size, folds, cv_only, cv_from, seed, teach
                 cfg = tr.apply_recipe(cfg, recipe_json)
             report = tr.train(data, out_dir, cfg, folds=folds, cv_only=cv_only, negatives=list(negatives),
                               val_negatives=list(val_negatives), model_version=model_version, license=license_,
-                              cache_dir=teacher_cache, log=log, jobs=jobs, cv_from=cv_from)
+                              cache_dir=teacher_cache, log=log, jobs=jobs, cv_from=cv_from, resume=resume)
     except ValueError as e:
         fail(str(e))
     except ImportError as e:

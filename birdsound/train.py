@@ -30,12 +30,12 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from . import audio, crossval
+from . import audio, crossval, trainstate
 from .augment import Sampler, SamplerConfig, spec_augment
 from .dataset import DatasetError, Recording
 from .metadata import WINDOW_S, Metadata, ModelError
 from .model import BirdNetLite, count_mflops, count_parameters, save_checkpoint
-from .util import atomic_write
+from .util import atomic_write, remove
 from .trainset import Prepared, attach_teacher, load_training_data, prepare
 
 
@@ -202,11 +202,13 @@ def warmup_share(steps: int) -> float:
 
 def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str = "training",
         evaluate=None, progress: bool = True, log=None, teachers: list[BirdNetLite] = (),
-        init: dict | None = None) -> tuple[BirdNetLite, dict]:
+        init: dict | None = None, state: str | None = None) -> tuple[BirdNetLite, dict]:
     """Train a model on `train_recs` for ``cfg.steps``, fresh or from the weights `init`; `evaluate(net, step)`
     (optional) is called every ``cfg.eval_every`` steps and at the end, its results kept in the history.
     Without a progress bar, `log` (optional) gets a line at those steps. `teachers` (models of the same front
-    end) see the student's input; their mean logits are distilled with weight ``cfg.student_weight``."""
+    end) see the student's input; their mean logits are distilled with weight ``cfg.student_weight``.
+    With `state` (a file path) the whole training state is saved there at those steps, and a fit that finds
+    it continues from it (:mod:`birdsound.trainstate`)."""
     torch.manual_seed(cfg.seed)
     net = new_net(prep, cfg)
     if init is not None:
@@ -228,9 +230,18 @@ def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
         ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     kept = (lambda: ema.module) if ema is not None else (lambda: net)  # the model evaluated and returned
-    history, running = [], None
+    history, running, done = [], None, 0
+    parts = {k: v for k, v in {"net": net, "opt": opt, "sched": sched, "proj": proj, "aux_head": aux_head,
+                                "ema": ema}.items() if v is not None}
+    rngs = {"loop": rng, "sampler": sampler.rng}
+    fp = trainstate.fingerprint(asdict(cfg), desc, [r.path for r in train_recs], init is not None)
+    if state is not None and os.path.exists(state):
+        done, history, running = trainstate.restore(state, fp, parts, rngs)
+        if log is not None:
+            log(f"{desc}: resumed at step {done}/{cfg.steps}")
     net.train()
-    bar = tqdm(range(1, cfg.steps + 1), desc=desc, leave=False, **({} if progress else {"disable": True}))
+    bar = tqdm(range(done + 1, cfg.steps + 1), desc=desc, leave=False, initial=done, total=cfg.steps,
+               **({} if progress else {"disable": True}))
     for step in bar:
         b = sampler.batch(cfg.batch_size)
         z = spec_augment(net.frontend.normalize(b.x), rng)
@@ -267,6 +278,8 @@ def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str
             bar.set_postfix(loss=f"{running:.4f}", **shown)
             if log is not None:
                 log(f"{desc}: step {step}/{cfg.steps}, loss {running:.4f}" + "".join(f", {k} {v}" for k, v in shown.items()))
+            if state is not None:
+                trainstate.save(state, fp, step, parts, rngs, history, running)
         elif step % 25 == 0:
             bar.set_postfix(loss=f"{running:.4f}")
     return kept().eval(), {"history": history, "final": history[-1] if history else {}, "final_loss": running}
@@ -275,7 +288,7 @@ def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str
 def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 0, cv_only: bool = False,
           negatives: list[str] = (), val_negatives: list[str] = (), model_version: str | None = None,
           license: str = "same terms as the training recordings", cache_dir: str | None = None,
-          log=tqdm.write, jobs: int = 1, cv_from: str | None = None) -> dict:
+          log=tqdm.write, jobs: int = 1, cv_from: str | None = None, resume: bool = False) -> dict:
     """Train (optionally cross-validate first) and save ``model.pt``, ``metrics.json``, ``MODEL_CARD.md``;
     with cross-validation also each fold's model (``fold<k>.pt``, uncalibrated, its held-out recordings
     in its metadata) and the held-out logits (``cv_logits.npz``).
@@ -284,6 +297,8 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
     thread each (the final model does not depend on the folds: their calibration is applied to it after).
     `cv_from` names the ``metrics.json`` of a finished cross-validation (``cv_only``) of the same recipe and
     data: only the final model is fitted, calibrated and scored as that cross-validation chose.
+    Every fit saves its training state in ``<out_dir>/training_state/`` at each evaluation; `resume`
+    continues an interrupted run of the same command from there (the folder is removed at the end).
     """
     from .modelcard import model_card
 
@@ -292,6 +307,17 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
         raise ValueError("--cv-from reuses a finished cross-validation: drop --folds and --cv-only")
     if cfg.init_from and cfg.pretrained:
         raise ValueError(f"--recipe: init_from {cfg.init_from} and pretrained {cfg.pretrained} both name start weights")
+    states = trainstate.state_dir(out_dir)
+    if resume and not os.path.isdir(states):
+        raise ValueError(f"--resume: {out_dir} holds no interrupted run to continue ({states} is missing)")
+    if not resume and os.path.isdir(states):
+        raise ValueError(f"{out_dir} holds an interrupted run ({states}): add --resume to continue it, or delete "
+                         "that folder to start afresh")
+    run = {"data": os.path.abspath(data), "config": asdict(cfg), "folds": folds, "cv_only": cv_only,
+           "cv_from": cv_from and os.path.abspath(cv_from), "negatives": [os.path.abspath(p) for p in negatives],
+           "val_negatives": [os.path.abspath(p) for p in val_negatives]}
+    if resume:
+        trainstate.check_run(out_dir, run)
     if cv_from:  # the recipe before the data are read; the data once they are
         reused_cross_validation(cv_from, {"config": asdict(cfg)})
     t0 = time.time()
@@ -312,6 +338,11 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
     if not cv_only:
         teachers, init = fit_models(prep, cfg)
         specs.append(FitSpec(prep.recs, cfg, "final model", teachers=teachers, init=init))
+    specs = [replace(s, state=trainstate.state_path(out_dir, s.desc)) for s in specs]
+    trainstate.start_run(out_dir, run)
+    if resume:
+        log(f"resuming from {states}: " + ", ".join(
+            f"{s.desc} {'saved' if os.path.exists(s.state) else 'not started'}" for s in specs))
     fitted = run_fits(prep, specs, jobs, log=log)
     if folds >= 2:
         cv = cv_report([info for _, info in fitted[:folds]], cfg, log=log,
@@ -346,6 +377,8 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
         atomic_write(os.path.join(out_dir, "MODEL_CARD.md"), model_card(meta, net, prep.recs, report))
     report["wall_s"] = time.time() - t0
     atomic_write(os.path.join(out_dir, "metrics.json"), json.dumps(report, indent=1, default=float) + "\n")
+    if os.path.isdir(states):
+        remove(states)
     return report
 
 
@@ -389,6 +422,7 @@ class FitSpec:
     evaluate: object = None  # evaluate(net, step) -> dict, or None
     teachers: list = field(default_factory=list)  # models whose mean logits are distilled (cfg.student_of)
     init: dict | None = None  # start weights (cfg.init_from)
+    state: str | None = None  # training state file: saved at every evaluation, continued from if present
 
 
 def cv_fits(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: list[str] = ()) -> list[FitSpec]:
@@ -420,7 +454,8 @@ def _fit_forked(i: int) -> tuple[dict, dict]:
     torch.set_num_threads(1)
     prep, specs, log = _FORKED
     s = specs[i]
-    net, info = fit(prep, s.recs, s.cfg, s.desc, s.evaluate, progress=False, log=log, teachers=s.teachers, init=s.init)
+    net, info = fit(prep, s.recs, s.cfg, s.desc, s.evaluate, progress=False, log=log, teachers=s.teachers, init=s.init,
+                    state=s.state)
     return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}, info
 
 
@@ -430,7 +465,7 @@ def run_fits(prep: Prepared, specs: list[FitSpec], jobs: int = 1, log=print) -> 
     if jobs <= 1 or len(specs) <= 1:
         out = []
         for s in specs:
-            out.append(fit(prep, s.recs, s.cfg, s.desc, s.evaluate, teachers=s.teachers, init=s.init))
+            out.append(fit(prep, s.recs, s.cfg, s.desc, s.evaluate, teachers=s.teachers, init=s.init, state=s.state))
             log(f"{s.desc}: fitted ({time.time() - t0:.0f} s){_held_out(out[-1][1])}")
         return out
     import concurrent.futures

@@ -149,6 +149,64 @@ def test_jobs_fit_folds_and_final_model_side_by_side_exactly_as_one_process(synt
     assert ws.keys() == wp.keys() and all(torch.equal(ws[k], wp[k]) for k in ws)
 
 
+def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(synth_dataset, tmp_path, monkeypatch):
+    """A run killed mid-fit (fold 1 done, fold 2 half-way, the final model not begun) and continued with
+    --resume (here with --jobs 3) ends with the models and cross-validation of a run never interrupted."""
+    from birdsound import trainstate
+    from birdsound.train import TrainConfig, apply_recipe, train
+    recipe = '{"eval_every": 20}'
+    common = ["--folds", "2", "--steps", "40", "--batch-size", "16", "--recipe", recipe, "--jobs", "3"]
+    r = cli("train", synth_dataset, "-o", str(tmp_path / "ref"), *common)
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "ref" / "training_state").exists()  # removed once the run is done
+
+    saved, real_save = [], trainstate.save
+
+    def save_then_die(path, fp, step, *a, **k):
+        real_save(path, fp, step, *a, **k)
+        saved.append((os.path.basename(path), step))
+        if path.endswith("fold_2_of_2.pt") and step == 20:
+            raise KeyboardInterrupt  # the power goes: after a save, as any kill lands between two saves at worst
+
+    monkeypatch.setattr(trainstate, "save", save_then_die)
+    cfg = apply_recipe(TrainConfig(steps=40, batch_size=16), recipe)
+    out = tmp_path / "run"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each --jobs process
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(synth_dataset, str(out), cfg, folds=2, log=lambda m: None)
+    finally:
+        torch.set_num_threads(n)
+    monkeypatch.undo()
+    assert saved == [("fold_1_of_2.pt", 20), ("fold_1_of_2.pt", 40), ("fold_2_of_2.pt", 20)], saved
+    assert not (out / "model.pt").exists() and not (out / "metrics.json").exists()
+
+    # the same command again without --resume: refused (the saved work is not thrown away)
+    r = cli("train", synth_dataset, "-o", str(out), *common)
+    assert r.exit_code == 2 and "--resume" in r.output and "training_state" in r.output, r.output
+    assert r.output.count("\n") == 1 and (out / "training_state" / "fold_2_of_2.pt").exists()
+    # --resume with another recipe: one line naming the state file and what differs
+    r = cli("train", synth_dataset, "-o", str(out), *common[:-2], "--steps", "41", "--resume")
+    assert r.exit_code == 2 and "other config.steps;" in r.output and r.output.count("\n") == 1, r.output
+    r = cli("train", synth_dataset, "-o", str(tmp_path / "none"), *common, "--resume")
+    assert r.exit_code == 2 and "no interrupted run" in r.output and r.output.count("\n") == 1, r.output
+
+    r = cli("train", synth_dataset, "-o", str(out), *common, "--resume")
+    assert r.exit_code == 0, r.output
+    assert "fold 1/2 saved, fold 2/2 saved, final model not started" in r.output, r.output
+    assert "fold 2/2: resumed at step 20/40" in r.output and "fold 1/2: resumed at step 40/40" in r.output
+    assert not (out / "training_state").exists()
+    for f in ("model.pt", "fold1.pt", "fold2.pt"):
+        a = torch.load(tmp_path / "ref" / f, weights_only=True)["state_dict"]
+        b = torch.load(out / f, weights_only=True)["state_dict"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+    za, zb = np.load(tmp_path / "ref" / "cv_logits.npz"), np.load(out / "cv_logits.npz")
+    assert sorted(za.files) == sorted(zb.files) and all(np.array_equal(za[k], zb[k]) for k in za.files)
+    ra, rb = (json.load(open(d / "metrics.json"))["cross_validation"] for d in (tmp_path / "ref", out))
+    assert ra == rb  # validation history included: the resumed folds kept their step-20 figures
+
+
 def test_cv_only_keeps_fold_models_and_cv_from_trains_the_final_model_as_one_run_would(synth_dataset, tmp_path):
     """--cv-only, look, then --cv-from: the final model and its calibration are those of one --folds run;
     each fold's model is kept and gives back the held-out logits the cross-validation scored."""
