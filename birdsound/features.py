@@ -153,7 +153,9 @@ class MatmulMel(_SplitDft):
         idx = (torch.arange(frames, device=pcm.device) * self.hop
                + (torch.arange(self.n1, device=pcm.device) * self.n2)[:, None, None]
                + torch.arange(self.n2, device=pcm.device)[:, None])  # [a, b, T]
-        x = (pcm.t()[idx] * self.win).reshape(self.n1, -1)  # [a, b*T*B]
+        # index_select (ONNX Gather), not advanced indexing (GatherND: onnxruntime took a third of a window's time)
+        x = pcm.t().index_select(0, idx.reshape(-1)).reshape(self.n1, self.n2, frames, batch)
+        x = (x * self.win).reshape(self.n1, -1)  # [a, b*T*B]
         y = torch.matmul(self.fa, x).reshape(2, self.n1, self.n2, -1)  # [re/im, k1, b, T*B]
         z = torch.bmm(self.g_re, y[0]) + torch.bmm(self.g_im, y[1])  # [k1, 2*k2, T*B]
         z = z * z
