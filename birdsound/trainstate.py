@@ -17,7 +17,7 @@ import re
 
 import torch
 
-from .util import atomic_path
+from .util import atomic_path, atomic_write
 
 STATE_DIR = "training_state"
 STATE_FORMAT = "birdsound-training-state-1"
@@ -43,10 +43,7 @@ def check_run(out_dir: str, run: dict) -> None:
             saved = json.load(f)
     except (OSError, ValueError):
         raise ValueError(f"--resume: {path} is missing or unreadable; delete {state_dir(out_dir)} to start afresh") from None
-    run = json.loads(json.dumps(run))  # as it would read back (tuples as lists)
-    differs = [k for k in sorted(set(run) | set(saved)) if run.get(k) != saved.get(k)]
-    differs = [f"{k}.{j}" for k in differs for j in sorted(set(run.get(k) or {}) | set(saved.get(k) or {}))
-               if (run.get(k) or {}).get(j) != (saved.get(k) or {}).get(j)] if differs == ["config"] else differs
+    differs = differences(json.loads(json.dumps(run)), saved)  # `run` as it would read back (tuples as lists)
     if differs:
         raise ValueError(f"--resume: {out_dir} was started with other {', '.join(differs)}; resume with the command "
                          f"that started it, or delete {state_dir(out_dir)} to start afresh")
@@ -55,8 +52,19 @@ def check_run(out_dir: str, run: dict) -> None:
 def start_run(out_dir: str, run: dict) -> None:
     """Keep the settings `run` of a run that is starting (its fits then save their states beside them)."""
     os.makedirs(state_dir(out_dir), exist_ok=True)
-    with atomic_path(os.path.join(state_dir(out_dir), RUN_FILE)) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(run, f, indent=1)
+    atomic_write(os.path.join(state_dir(out_dir), RUN_FILE), json.dumps(run, indent=1))
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """The keys whose values differ between `a` and `b`; of a dict in both, its differing keys ("config.steps")."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += [f"{k}.{j}" for j in sorted(set(x) | set(y)) if x.get(j) != y.get(j)]
+        elif x != y:
+            out.append(k)
+    return out
 
 
 def fingerprint(config: dict, desc: str, recordings: list[str], init: bool) -> dict:
@@ -87,9 +95,8 @@ def restore(path: str, fp: dict, parts: dict, rngs: dict[str, random.Random]) ->
                          "that fit afresh") from None
     if not isinstance(blob, dict) or blob.get("format") != STATE_FORMAT:
         raise ValueError(f"{path}: not a birdsound training state")
-    if blob["fingerprint"] != fp:
-        differs = [k for k in fp if blob["fingerprint"].get(k) != fp[k]]
-        raise ValueError(f"{path}: saved by a run of another {' and '.join(differs)}; resume with the command "
+    if differs := differences(fp, blob["fingerprint"]):
+        raise ValueError(f"{path}: saved by a run of other {', '.join(differs)}; resume with the command "
                          f"that started it, or delete {os.path.dirname(path)} to start afresh")
     for k, v in parts.items():
         v.load_state_dict(blob["parts"][k])
