@@ -48,6 +48,8 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 0.02
     seed: int = 0
+    fit_seed: int = 0  # added to the seed of each fit's weights, sampling and order only; the folds and the data
+    #                    stay those of `seed`, so runs that differ in it are members of one ensemble
     teacher: str | None = None  # "birdnet" to distil BirdNET V2.4
     kd_weight: float = 1.0  # logit distillation
     kd_temperature: float = 2.0
@@ -209,7 +211,8 @@ def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str
     end) see the student's input; their mean logits are distilled with weight ``cfg.student_weight``.
     With `state` (a file path) the whole training state is saved there at those steps, and a fit that finds
     it continues from it (:mod:`birdsound.trainstate`)."""
-    torch.manual_seed(cfg.seed)
+    seed = cfg.seed + cfg.fit_seed
+    torch.manual_seed(seed)
     net = new_net(prep, cfg)
     if init is not None:
         net.load_state_dict(init)
@@ -217,10 +220,10 @@ def fit(prep: Prepared, train_recs: list[Recording], cfg: TrainConfig, desc: str
         from .model import load_pretrained
         load_pretrained(net.backbone, cfg.pretrained)
     sampler = Sampler(train_recs, prep.labels, prep.noise_powers, prep.window_frames, prep.frame_rate,
-                      cfg.seed, cfg.sampler, prep.negative_recs, aux=cfg.aux_weight > 0)
+                      seed, cfg.sampler, prep.negative_recs, aux=cfg.aux_weight > 0)
     proj = nn.Linear(net.head.in_features, sampler.emb_dim) if sampler.teacher and cfg.emb_weight > 0 else None
     aux_head = nn.Linear(net.head.in_features, len(sampler.aux)) if sampler.aux is not None and len(sampler.aux) else None
-    rng = random.Random(cfg.seed + 1)
+    rng = random.Random(seed + 1)
     params = list(net.parameters()) + [p for m in (proj, aux_head) if m is not None for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps,
