@@ -389,6 +389,26 @@ def test_ensemble_averages_two_runs_logits_and_scores_them_from_their_held_out_l
     assert not (tmp_path / "bad").exists()
 
 
+def test_fit_seed_draws_other_weights_on_the_same_folds_so_the_runs_make_an_ensemble(plain_and_ema, synth_dataset,
+                                                                                     tmp_path):
+    """fit_seed changes each fit's random draws (weights, batches) but not the folds: the held-out windows are
+    those of the run without it, the logits and weights are not, and the two runs make an ensemble."""
+    from birdsound.train import TrainConfig, train
+    root, plain, _, _ = plain_and_ema
+    train(synth_dataset, str(tmp_path / "other"), TrainConfig(steps=40, batch_size=16, eval_every=20, fit_seed=100),
+          folds=2, log=lambda m: None)
+    za, zb = np.load(root / "plain" / "cv_logits.npz"), np.load(tmp_path / "other" / "cv_logits.npz")
+    for k in range(2):
+        for key in ("recording_files", "window_recording", "window_start_s", "recording_targets"):
+            assert np.array_equal(za[f"fold{k}_{key}"], zb[f"fold{k}_{key}"]), key
+        assert not np.array_equal(za[f"fold{k}_window_logits"], zb[f"fold{k}_window_logits"])
+    wa = torch.load(root / "plain" / "model.pt", weights_only=True)["state_dict"]
+    wb = torch.load(tmp_path / "other" / "model.pt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+    r = cli("ensemble", str(root / "plain"), str(tmp_path / "other"), "-o", str(tmp_path / "ens"), "--model-version", "e")
+    assert r.exit_code == 0, r.output
+
+
 def test_cv_species_script_reads_a_run_and_agrees_with_its_cross_validation(plain_and_ema, tmp_path):
     """scripts/cv_species.py on a cross-validated run: per-species rows whose pooled top-1 is the run's own;
     a folder that is not a run is one line naming it."""
