@@ -171,6 +171,8 @@ def save_onnx(module: nn.Module, meta: dict, path: str, window_samples: int) -> 
         # from 3.7 to 2.1 ms per window (batch 32, one thread) with outputs equal to 1.2e-7.
         fold_constants(model)
         remove_unused_nodes(model)
+        for node in model.graph.node:  # the exporter's per-node debug records (stack traces, module paths):
+            del node.metadata_props[:]  # 0.8 MB of v8's file, read by no runtime
         onnx.helper.set_model_props(model, {ONNX_METADATA_KEY: json.dumps(meta)})
         onnx.save_model(model, tmp)
 

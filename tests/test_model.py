@@ -226,7 +226,8 @@ assert "torch" not in sys.modules and not any(k.startswith("birdsound") for k in
 
 def assert_folded(path: str) -> None:
     """Constant-folded at export: every Conv and BatchNormalization reads its parameters from initializers,
-    which lets onnxruntime fuse them (unfolded, each Conv's bias came through an Expand/CastLike chain)."""
+    which lets onnxruntime fuse them (unfolded, each Conv's bias came through an Expand/CastLike chain);
+    and stripped of the exporter's per-node debug records."""
     import onnx
 
     g = onnx.load(path).graph
@@ -234,6 +235,7 @@ def assert_folded(path: str) -> None:
     layers = [n for n in g.node if n.op_type in ("Conv", "BatchNormalization")]
     assert layers and all(set(n.input[1:]) <= consts for n in layers)
     assert not [n for n in g.node if n.op_type == "CastLike"]
+    assert not [n for n in g.node if n.metadata_props]  # no exporter debug records: they only add size
 
 
 def test_onnx_export_runs_without_torch_and_matches_eager(small_model, synth_dataset, tmp_path):
