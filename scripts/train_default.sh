@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Reproduce the shipped default model birdsound-xc69-v8 (= H + K + Q11) end to end (2 cores: ~6 min teacher
+# Reproduce the shipped default model birdsound-xc69-v8 (= H + K + Q11) end to end; safe to run again after an
+# interruption (finished runs are kept, an interrupted one resumes). 2 cores: ~6 min teacher
 # pass, then H 93 min, K 103 min plus a 12 min BirdNET pass over the augmented views, Q11 92 min, each a 2-fold
-# cross-validation and its final model fitted side by side with --jobs 3; the ensemble seconds). J, L and M,
+# cross-validation and its final model fitted side by side with --jobs 3; the ensemble seconds. J, L and M,
 # v7's other networks, are kept below for the record (v7 = H + M); set V7=1 to train them too (~6 h more). Needs ../shared/data (xeno-canto recordings, not part
 # of this repo), espeak-ng (apt-get install espeak-ng) and the distill extra (pip install -e '.[distill]').
 set -euo pipefail
@@ -23,7 +24,14 @@ common=(--folds 2 --jobs 3 --seed 0 --teacher birdnet --teacher-cache runs/teach
   --negatives "$S/birdnet_example_soundscapes/audio/soundscape.wav" --val-negatives runs/negatives/val --license "$LICENSE")
 SAMPLER='"bg_share": 0.35, "real_negative_share": 0.7, "hard_weight": 0.3, "shift_p": 0.3, "stretch_p": 0.3, "other_share": 0.3'
 VIEWS='"views": 2, "ema_decay": 0.999'
-train() { birdsound train datasets/xc_train_manifest.csv "${common[@]}" "$@"; }
+# Run again after an interruption: a finished run (model.pt and no training_state/) is kept, an interrupted one
+# continues from its last evaluation step (--resume), the rest start afresh.
+train() {  # train -o DIR ARGS...
+  local out=$2 resume=()
+  if [ -d "$out/training_state" ]; then resume=(--resume)
+  elif [ -f "$out/model.pt" ]; then echo "$out: finished earlier, kept"; return; fi
+  birdsound train datasets/xc_train_manifest.csv "${common[@]}" "${resume[@]}" "$@"
+}
 # H (v5's recipe; member 1 of v7)
 train -o runs/v7-h --steps 18000 --model-version birdsound-xc69-v7-h \
   --recipe "{\"emb_weight\": 1.0, \"eval_every\": 2000, \"sampler\": {$SAMPLER}}"
