@@ -165,7 +165,7 @@ class MatmulMel(_SplitDft):
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:
         """``[B, S]`` -> ``[B, n_mels, T]``."""
         batch, n = pcm.shape[0], pcm.shape[-1]
-        frames = 1 + (n - self.n_fft) // self.hop
+        frames = n_frames(n, self.hop, self.n_fft)
         idx = (torch.arange(frames, device=pcm.device) * self.hop
                + (torch.arange(self.n1, device=pcm.device) * self.n2)[:, None]
                + torch.arange(self.n2, device=pcm.device)[:, None, None])  # [b, a, T]
