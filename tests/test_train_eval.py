@@ -427,6 +427,68 @@ def test_cv_species_script_reads_a_run_and_agrees_with_its_cross_validation(plai
     assert r.returncode == 2 and str(tmp_path) in r.stderr and "not a cross-validated training run" in r.stderr, r.stderr
 
 
+def test_cv_teacher_script_scores_the_teacher_on_the_held_out_windows_as_the_student(tmp_path, monkeypatch):
+    """scripts/cv_teacher.py: each held-out window takes the cached teacher window nearest in time and is scored
+    against the weak labels as the student's are; the student's figures are its own held-out logits'; a run
+    whose labels BirdNET lacks is one line."""
+    import subprocess
+    import sys
+    from birdsound import teacher as tc
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "scripts"))
+    from cv_teacher import nearest_rows
+    np.testing.assert_array_equal(nearest_rows(np.array([0.0, 1.0, 2.0, 3.0]), np.array([0.0, 1.4, 1.6, 2.6, 9.0])),
+                                  [0, 1, 2, 3, 3])
+    labels = ["Turdus merula_Eurasian Blackbird", "Fringilla coelebs_Common Chaffinch",
+              "Erithacus rubecula_European Robin"]
+    cols = tc.map_labels(labels, tc.teacher_labels())
+    assert (cols >= 0).all()
+    run, cache, rng = tmp_path / "run", tmp_path / "cache", np.random.default_rng(0)
+    run.mkdir()
+    cache.mkdir()
+    arrays = {}
+    for k in range(2):
+        files, focal = [], np.array([0, 1, 2])
+        win_rec, win_start, win_logits = [], [], []
+        for i in range(3):
+            path = tmp_path / f"rec{k}{i}.wav"
+            sf.write(path, rng.standard_normal(SR).astype(np.float32), SR)
+            files.append(str(path))
+            t_starts = np.arange(0.0, 8.0, 1.0)
+            logits = np.full((len(t_starts), 6522), -8.0, np.float16)
+            logits[5:, cols[focal[i]]] = 6.0  # the teacher hears the focal bird from 5 s on, only there
+            tc.save_cached(tc.cache_path(str(cache), str(path), tc.TEACHER_HOP_S),
+                           tc.TeacherOutput(t_starts, logits, np.zeros((len(t_starts), 1024), np.float16)))
+            starts = np.arange(0.0, 7.0, 1.5)  # 0, 1.5, ... 6: the windows at 4.5 and 6 take teacher windows 5, 6
+            student = rng.normal(0.0, 1.0, (len(starts), 3))
+            student[:, (focal[i] + (k == 1 and i == 0)) % 3] += 5.0  # one recording of six named wrongly
+            win_rec += [i] * len(starts)
+            win_start.append(starts)
+            win_logits.append(student)
+        arrays.update({f"fold{k}_recording_files": np.array(files), f"fold{k}_recording_focal": focal,
+                       f"fold{k}_recording_targets": np.eye(3, dtype=np.uint8)[focal],
+                       f"fold{k}_window_recording": np.array(win_rec, np.int32),
+                       f"fold{k}_window_start_s": np.concatenate(win_start).astype(np.float32),
+                       f"fold{k}_window_logits": np.concatenate(win_logits).astype(np.float32)})
+    np.savez(run / "cv_logits.npz", **arrays)
+    (run / "metrics.json").write_text(json.dumps({"labels": labels, "cross_validation": {"k": 2, "recording_score": "top3"}}))
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "cv_teacher.py")
+    r = subprocess.run([sys.executable, script, str(run), "--cache", str(cache)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["recordings"] == 6 and rep["windows"] == 30
+    assert rep["teacher"]["by_recording_score"]["top3"]["recording_top1"] == 1.0
+    assert rep["teacher"]["by_recording_score"]["mean"]["recording_top1"] == 1.0
+    # per recording only the window at 6 s takes a teacher window that hears the bird (4.5 s is nearer 4 than 5
+    # when tied, left first): per species 2 of 10 weakly labelled windows rank first, 8 tie with 20 negatives
+    assert rep["teacher"]["window_macro_ap"] == pytest.approx(2 / 10 + 8 / 10 * 10 / 30, abs=1e-4)
+    assert rep["teacher"]["window_macro_auc"] == pytest.approx(2 / 10 + 8 / 10 * 0.5, abs=1e-4)
+    assert rep["student"]["by_recording_score"]["top3"]["recording_top1"] == pytest.approx(5 / 6, abs=1e-4)
+    (run / "metrics.json").write_text(json.dumps({"labels": ["Avis chirpus_Chirper", *labels[1:]],
+                                                  "cross_validation": {"k": 2, "recording_score": "top3"}}))
+    r = subprocess.run([sys.executable, script, str(run), "--cache", str(cache)], capture_output=True, text=True)
+    assert r.returncode == 1 and "1 labels not among BirdNET's" in r.stderr, r.stderr
+
+
 def test_jobs_with_head_only_is_one_clear_line(small_model, synth_dataset, tmp_path):
     r = cli("train", synth_dataset, "-o", str(tmp_path / "h"), "--base", small_model, "--head-only", "--jobs", "2")
     assert r.exit_code == 2 and "--jobs" in r.output and r.output.count("\n") == 1, r.output
