@@ -78,14 +78,32 @@ def make_view(x: np.ndarray, sr: int, start_s: float, rng: np.random.Generator,
     return np.fft.irfft(spec, n).astype(np.float32)
 
 
-def views_of(x: np.ndarray, sr: int, starts_s: np.ndarray, n: int) -> np.ndarray:
-    """Every view of a recording: ``[len(starts_s) * n, window]``, window-major (view j of window w at
-    row ``w * n + j``)."""
-    return np.stack([make_view(x, sr, float(s), view_rng(w, j)) for w, s in enumerate(starts_s) for j in range(n)])
+def views_of(x: np.ndarray, sr: int, starts_s: np.ndarray, n: int, first: int = 0) -> np.ndarray:
+    """Views `first` .. `n` - 1 of every window of a recording: ``[len(starts_s) * (n - first), window]``,
+    window-major (view j of window w at row ``w * (n - first) + j - first``)."""
+    return np.stack([make_view(x, sr, float(s), view_rng(w, j)) for w, s in enumerate(starts_s)
+                     for j in range(first, n)])
 
 
 def cache_file(cache_dir: str, path: str, n: int) -> str:
     return os.path.join(cache_dir, f"{tc.content_key(path, tc.TEACHER_HOP_S)}_views{n}_v{VIEW_VERSION}.npz")
+
+
+def interleave(fewer: np.ndarray, more: np.ndarray, n_windows: int) -> np.ndarray:
+    """Window-major rows of views 0..m-1 (`fewer`) and m..n-1 (`more`) of each window as one window-major array
+    of views 0..n-1."""
+    a, b = fewer.reshape(n_windows, -1, *fewer.shape[1:]), more.reshape(n_windows, -1, *more.shape[1:])
+    return np.concatenate([a, b], axis=1).reshape(-1, *fewer.shape[1:])
+
+
+def cached_fewer(cache_dir: str, path: str, n: int, suffix: str = "") -> tuple[int, str | None]:
+    """The largest m < n whose views of `path` are cached (the file with `suffix`, e.g. a mel key), and that
+    file: views are made from per-view seeds, so views 0..m-1 of a run with n views are those same views."""
+    for m in range(n - 1, 0, -1):
+        f = cache_file(cache_dir, path, m).replace(".npz", f"{suffix}.npz")
+        if os.path.exists(f):
+            return m, f
+    return 0, None
 
 
 @dataclass
@@ -102,7 +120,8 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
     """Give every recording with teacher targets `n` views per teacher window (``r.views``); returns notes.
 
     BirdNET's outputs on the views and the views' mel power at this front end are cached beside the
-    teacher's plain outputs; where either is missing the recording is decoded and its views made once.
+    teacher's plain outputs; where either is missing the recording is decoded and its views made once. A
+    cache of fewer views of the recording (a run with fewer) gives its views; only the others are made.
     """
     import soxr
     from tqdm import tqdm
@@ -130,20 +149,33 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
                     notes.append(f"teacher views: {e}")
                     continue
                 starts = r.teacher.starts_s
-                v = views_of(x, tc.TEACHER_RATE_HZ, starts, n)
+                # views cached by a run with fewer of them are reused: only the others are made and scored
+                m_out, f_out = cached_fewer(cache_dir, r.path, n) if out is None else (n, None)
+                m_mel, f_old_mel = cached_fewer(cache_dir, r.path, n, f"_mel{mel_key}") if power is None else (n, None)
+                v = views_of(x, tc.TEACHER_RATE_HZ, starts, n, first=min(m_out, m_mel))
                 if out is None:  # BirdNET on the views end to end: one window each
                     net = net or tc.BirdNet(threads)
-                    o = net.run(v.reshape(-1), hop_s=tc.TEACHER_WINDOW_S)
-                    out = tc.TeacherOutput(np.repeat(starts, n).astype(np.float32), o.logits[:len(v)],
-                                           o.embeddings[:len(v)])
+                    new = v.reshape(len(starts), -1, v.shape[-1])[:, m_out - min(m_out, m_mel):].reshape(-1)
+                    o = net.run(new, hop_s=tc.TEACHER_WINDOW_S)
+                    k = len(starts) * (n - m_out)
+                    logits, emb = o.logits[:k], o.embeddings[:k]
+                    if f_out:
+                        old = tc.load_cached(f_out)
+                        logits = interleave(old.logits, logits, len(starts))
+                        emb = interleave(old.embeddings, emb, len(starts))
+                    out = tc.TeacherOutput(np.repeat(starts, n).astype(np.float32), logits, emb)
                     tc.save_cached(f, out)
                 if power is None:
+                    v = v.reshape(len(starts), -1, v.shape[-1])[:, m_mel - min(m_out, m_mel):].reshape(-1, v.shape[-1])
                     v = np.stack([soxr.resample(w, tc.TEACHER_RATE_HZ, sr) for w in v]).astype(np.float32)
                     power = torch.cat([frontend.power_mel(torch.from_numpy(b))
                                        for b in np.array_split(v, max(1, len(v) // 64))])[:, :, :window_frames]
                     if power.shape[2] < window_frames:
                         power = torch.nn.functional.pad(power, (0, window_frames - power.shape[2]))
                     power = power.to(torch.float16)
+                    if f_old_mel:
+                        with np.load(f_old_mel) as z:
+                            power = torch.from_numpy(interleave(z["power"], power.numpy(), len(starts)))
                     with atomic_path(f_mel, ".npz") as tmp:
                         np.savez(tmp, power=power.numpy())
             r.views = ViewSet(power, tc.targets_for(out, mapping, sr / frontend.hop))

