@@ -311,19 +311,22 @@ def train(data, out_dir, steps, batch_size, folds, cv_only, cv_from, seed, teach
               help="Folder for the ensemble's model.pt, metrics.json and cv_logits.npz.")
 @click.option("--model-version", required=True, help="Version string stored in the model file.")
 @click.option("--license", "license_", default=None, help="Licence of the weights (default: the runs' own, if one).")
-def ensemble(runs, out_dir, model_version, license_):
+@click.option("--cv-only", is_flag=True,
+              help="Only score and calibrate the ensemble (metrics.json, cv_logits.npz; no model.pt): RUNS may be "
+                   "`train --cv-only` runs without a final model.")
+def ensemble(runs, out_dir, model_version, license_, cv_only):
     """Average the cross-validated training RUNS (`train --folds K` folders of the same data and seed) into
     one model: the mean of their logits, scored and calibrated on their held-out logits (no audio)."""
     from . import ensemble as en
     from .metadata import ModelError
 
     try:
-        rep = en.ensemble(list(runs), out_dir, model_version, license_, log=click.echo)
+        rep = en.ensemble(list(runs), out_dir, model_version, license_, log=click.echo, cv_only=cv_only)
     except (en.EnsembleError, ModelError) as e:
         fail(str(e))
     m = rep["cross_validation"]["mean"]
     click.echo(f"recording top-1 {m['recording_top1']:.3f}, top-5 {m['recording_top5']:.3f}, window macro AP "
-               f"{m['window_macro_ap']:.3f}; wrote {os.path.join(out_dir, 'model.pt')}")
+               f"{m['window_macro_ap']:.3f}; wrote {os.path.join(out_dir, 'metrics.json' if cv_only else 'model.pt')}")
 
 
 @main.command(context_settings=CONTEXT)

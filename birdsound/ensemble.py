@@ -19,7 +19,7 @@ import numpy as np
 
 from . import crossval
 from .metadata import Metadata
-from .model import BirdNetLite, average, ensemble_config, save_checkpoint
+from .model import BirdNetLite, average, ensemble_config, load_checkpoint, save_checkpoint
 from .train import apply_offset, cv_report, make_meta, raw_final_model
 from .util import atomic_write
 
@@ -33,14 +33,18 @@ class EnsembleError(Exception):
     """Runs that cannot be averaged; the message names the run."""
 
 
-def read_run(run: str) -> tuple[BirdNetLite, Metadata, dict, list[dict]]:
+def read_run(run: str, cv_only: bool = False) -> tuple[BirdNetLite | None, Metadata, dict, list[dict]]:
     """A cross-validated run's final model with its calibration offset taken out (raw logits), its
-    metadata, its ``metrics.json`` and its folds' held-out arrays (``cv_logits.npz``)."""
+    metadata, its ``metrics.json`` and its folds' held-out arrays (``cv_logits.npz``); with `cv_only` no
+    model (a ``--cv-only`` run has none) and the metadata of its first fold's model."""
     try:
-        _, held_out = crossval.read_cv_run(run, also=("model.pt",))
+        report, held_out = crossval.read_cv_run(run, also=("fold1.pt",) if cv_only else ("model.pt",))
     except FileNotFoundError as e:
         raise EnsembleError(str(e)) from None
-    net, meta, report = raw_final_model(run)
+    if cv_only:
+        net, meta = None, load_checkpoint(os.path.join(run, "fold1.pt"))[1]
+    else:
+        net, meta, report = raw_final_model(run)
     cv = report.get("cross_validation")
     if not cv or "k" not in cv:
         raise EnsembleError(f"{run}: metrics.json has no cross-validation of its own")
@@ -74,15 +78,32 @@ def mean_arrays(runs: list[str], folds: list[list[dict]]) -> list[dict]:
     return out
 
 
-def ensemble(runs: list[str], out_dir: str, model_version: str, license: str | None = None, log=print) -> dict:
+def write_model(nets: list[BirdNetLite], metas: list[Metadata], cv: dict, path: str, model_version: str,
+                license: str) -> None:
+    """The members' mean logits as one model file, calibrated with the ensemble's own offset."""
+    backbones = [m.extra.get("backbone") or {} for m in metas]
+    net = apply_offset(average(nets, backbones), cv["logit_offset"])
+    extra = {"backbone": ensemble_config(backbones),
+             "architecture": f"mean of {len(nets)} MobileNetV3-style networks' logits, mel front end inside (shared)",
+             "ensemble_of": [m.model_version for m in metas], "recording_score": cv["recording_score"],
+             "logit_offset": round(cv["logit_offset"], 4), "window_s": metas[0].window_s}
+    for key in ("teacher", "pretrained"):
+        if any(key in m.extra for m in metas):
+            extra[key] = "; ".join(sorted({m.extra[key] for m in metas if key in m.extra}))
+    save_checkpoint(net, make_meta(metas[0].labels, net, model_version, license, extra), path)
+
+
+def ensemble(runs: list[str], out_dir: str, model_version: str, license: str | None = None, log=print,
+             cv_only: bool = False) -> dict:
     """Write ``model.pt`` (the members' mean logits, calibrated), ``metrics.json`` and ``cv_logits.npz`` of the
-    ensemble of the cross-validated `runs` into `out_dir`; returns the report."""
+    ensemble of the cross-validated `runs` into `out_dir`; returns the report. With `cv_only` the ensemble is
+    only scored and calibrated (no ``model.pt``), so runs without a final model (``--cv-only``) can be members."""
     if len(runs) < 2:
         raise EnsembleError("an ensemble needs at least two runs")
     for run in runs:
         if os.path.abspath(run) == os.path.abspath(out_dir):
             raise EnsembleError(f"-o {out_dir}: is one of the runs (it would be overwritten)")
-    members = [read_run(r) for r in runs]
+    members = [read_run(r, cv_only) for r in runs]
     nets, metas, reports = [m[0] for m in members], [m[1] for m in members], [m[2] for m in members]
     for run, meta in zip(runs[1:], metas[1:]):
         if meta.labels != metas[0].labels or meta.window_s != metas[0].window_s:
@@ -98,21 +119,14 @@ def ensemble(runs: list[str], out_dir: str, model_version: str, license: str | N
     os.makedirs(out_dir, exist_ok=True)
     cv = cv_report([{"final": r, "history": []} for r in results], SimpleNamespace(false_detections_target=targets.pop()),
                    log=log, arrays_path=os.path.join(out_dir, "cv_logits.npz"))
-    backbones = [m.extra.get("backbone") or {} for m in metas]
-    net = apply_offset(average(nets, backbones), cv["logit_offset"])
-    extra = {"backbone": ensemble_config(backbones),
-             "architecture": f"mean of {len(nets)} MobileNetV3-style networks' logits, mel front end inside (shared)",
-             "ensemble_of": [m.model_version for m in metas], "recording_score": cv["recording_score"],
-             "logit_offset": round(cv["logit_offset"], 4), "window_s": metas[0].window_s}
-    for key in ("teacher", "pretrained"):
-        if any(key in m.extra for m in metas):
-            extra[key] = "; ".join(sorted({m.extra[key] for m in metas if key in m.extra}))
-    meta = make_meta(metas[0].labels, net, model_version, license or licenses.pop(), extra)
-    save_checkpoint(net, meta, os.path.join(out_dir, "model.pt"))
+    if not cv_only:
+        write_model(nets, metas, cv, os.path.join(out_dir, "model.pt"), model_version, license or licenses.pop())
     report = {"ensemble_of": [{"run": r, "model_version": m.model_version, "config": rep["config"],
                                "cross_validation_mean": rep["cross_validation"]["mean"]}
                               for r, m, rep in zip(runs, metas, reports)],
               **{key: reports[0][key] for key in ("data", "labels", "n_recordings", "audio_s") if key in reports[0]},
               "cross_validation": cv}
+    if cv_only:
+        report["model_version"] = model_version  # scored only: no model file carries it
     atomic_write(os.path.join(out_dir, "metrics.json"), json.dumps(report, indent=1, default=float) + "\n")
     return report

@@ -364,6 +364,19 @@ def test_ensemble_averages_two_runs_logits_and_scores_them_from_their_held_out_l
                for d, rep_ in (("plain", plain), ("ema", ema))]
         assert torch.allclose(net(x), (raw[0] + raw[1]) / 2 - cv["logit_offset"], atol=1e-4)
     assert meta.extra["parameters"] == sum(p.numel() for p in net.parameters())
+    # --cv-only scores runs without a final model (train --cv-only) as the same ensemble, and writes no model
+    for d in ("plain", "ema"):
+        shutil.copytree(root / d, tmp_path / "cv" / d, ignore=lambda _, names: [n for n in names if n == "model.pt"])
+    r = cli("ensemble", str(tmp_path / "cv" / "plain"), str(tmp_path / "cv" / "ema"), "-o", str(tmp_path / "ens_cv"),
+            "--model-version", "ens-1", "--cv-only")
+    assert r.exit_code == 0 and "metrics.json" in r.output, r.output
+    assert sorted(os.listdir(tmp_path / "ens_cv")) == ["cv_logits.npz", "metrics.json"]
+    only = json.load(open(tmp_path / "ens_cv" / "metrics.json"))
+    assert only["model_version"] == "ens-1"
+    assert json.dumps(only["cross_validation"], sort_keys=True) == json.dumps(cv, sort_keys=True)
+    r = cli("ensemble", str(tmp_path / "cv" / "plain"), str(tmp_path / "cv" / "ema"), "-o", str(tmp_path / "no"),
+            "--model-version", "n")  # without --cv-only a run without its final model is one line naming it
+    assert r.exit_code == 2 and str(tmp_path / "cv" / "plain") in r.output and "model.pt" in r.output, r.output
     # one run with itself is that run: figures, calibration and logits
     r = cli("ensemble", str(root / "plain"), str(root / "plain"), "-o", str(tmp_path / "same"), "--model-version", "s")
     assert r.exit_code == 0, r.output
