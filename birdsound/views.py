@@ -152,11 +152,11 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
                 # views cached by a run with fewer of them are reused: only the others are made and scored
                 m_out, f_out = cached_fewer(cache_dir, r.path, n) if out is None else (n, None)
                 m_mel, f_old_mel = cached_fewer(cache_dir, r.path, n, f"_mel{mel_key}") if power is None else (n, None)
-                v = views_of(x, tc.TEACHER_RATE_HZ, starts, n, first=min(m_out, m_mel))
+                first = min(m_out, m_mel)
+                v = views_of(x, tc.TEACHER_RATE_HZ, starts, n, first).reshape(len(starts), n - first, -1)  # [w, j, t]
                 if out is None:  # BirdNET on the views end to end: one window each
                     net = net or tc.BirdNet(threads)
-                    new = v.reshape(len(starts), -1, v.shape[-1])[:, m_out - min(m_out, m_mel):].reshape(-1)
-                    o = net.run(new, hop_s=tc.TEACHER_WINDOW_S)
+                    o = net.run(v[:, m_out - first:].reshape(-1), hop_s=tc.TEACHER_WINDOW_S)
                     k = len(starts) * (n - m_out)
                     logits, emb = o.logits[:k], o.embeddings[:k]
                     if f_out:
@@ -166,8 +166,8 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
                     out = tc.TeacherOutput(np.repeat(starts, n).astype(np.float32), logits, emb)
                     tc.save_cached(f, out)
                 if power is None:
-                    v = v.reshape(len(starts), -1, v.shape[-1])[:, m_mel - min(m_out, m_mel):].reshape(-1, v.shape[-1])
-                    v = np.stack([soxr.resample(w, tc.TEACHER_RATE_HZ, sr) for w in v]).astype(np.float32)
+                    v = np.stack([soxr.resample(w, tc.TEACHER_RATE_HZ, sr)
+                                  for w in v[:, m_mel - first:].reshape(-1, v.shape[-1])]).astype(np.float32)
                     power = torch.cat([frontend.power_mel(torch.from_numpy(b))
                                        for b in np.array_split(v, max(1, len(v) // 64))])[:, :, :window_frames]
                     if power.shape[2] < window_frames:
