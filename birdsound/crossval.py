@@ -130,11 +130,10 @@ def validate(net, prep, recs: list[Recording], negatives: list[Recording] = ()) 
     return {**metrics_of(out, window_s), **out}
 
 
-def metrics_of(arrays: dict, window_s: float) -> dict:
-    """The held-out metrics of :func:`validate` from its held-out arrays alone (the ``_`` keys it returns and
-    ``cv_logits.npz`` keeps), so that models can be scored on windows already scored, e.g. an ensemble on the
-    mean of its members' logits."""
-    S = sigmoid(arrays["_window_logits"].astype(np.float64))
+def ranking_metrics(window_logits: np.ndarray, arrays: dict) -> dict:
+    """Window macro AP and ROC-AUC against the weak labels, and recording top-1/top-5 with every recording
+    score, of held-out window logits ``[W, C]`` on the windows that `arrays` (held-out arrays) identify."""
+    S = sigmoid(np.asarray(window_logits, dtype=np.float64))
     rec, y = arrays["_window_recording"], arrays["_recording_focal"]
     T = arrays["_recording_targets"][rec]
     out = {"window_macro_ap": macro_ap(T, S)[0], "window_macro_auc": macro_auc(T, S),
@@ -144,6 +143,15 @@ def metrics_of(arrays: dict, window_s: float) -> dict:
         R = np.stack([recording_scores(p, method) for p in per_rec])
         out[f"recording_top1_{method}"] = topk_accuracy(y, R, 1)
         out[f"recording_top5_{method}"] = topk_accuracy(y, R, 5)
+    return out
+
+
+def metrics_of(arrays: dict, window_s: float) -> dict:
+    """The held-out metrics of :func:`validate` from its held-out arrays alone (the ``_`` keys it returns and
+    ``cv_logits.npz`` keeps), so that models can be scored on windows already scored, e.g. an ensemble on the
+    mean of its members' logits."""
+    out = ranking_metrics(arrays["_window_logits"], arrays)
+    T = arrays["_recording_targets"]
     # false detections at the default min_conf (windows of window_s), by source (bird-free files only where
     # there were any)
     fd = {}
