@@ -85,8 +85,10 @@ def views_of(x: np.ndarray, sr: int, starts_s: np.ndarray, n: int, first: int = 
                      for j in range(first, n)])
 
 
-def cache_file(cache_dir: str, path: str, n: int) -> str:
-    return os.path.join(cache_dir, f"{tc.content_key(path, tc.TEACHER_HOP_S)}_views{n}_v{VIEW_VERSION}.npz")
+def cache_file(cache_dir: str, path: str, n: int, suffix: str = "") -> str:
+    """The cache of BirdNET's outputs on the `n` views of each window of `path` (with `suffix`, e.g. a mel key:
+    another array of the same views)."""
+    return os.path.join(cache_dir, f"{tc.content_key(path, tc.TEACHER_HOP_S)}_views{n}_v{VIEW_VERSION}{suffix}.npz")
 
 
 def interleave(fewer: np.ndarray, more: np.ndarray, n_windows: int) -> np.ndarray:
@@ -100,7 +102,7 @@ def cached_fewer(cache_dir: str, path: str, n: int, suffix: str = "") -> tuple[i
     """The largest m < n whose views of `path` are cached (the file with `suffix`, e.g. a mel key), and that
     file: views are made from per-view seeds, so views 0..m-1 of a run with n views are those same views."""
     for m in range(n - 1, 0, -1):
-        f = cache_file(cache_dir, path, m).replace(".npz", f"{suffix}.npz")
+        f = cache_file(cache_dir, path, m, suffix)
         if os.path.exists(f):
             return m, f
     return 0, None
@@ -136,7 +138,7 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
         for r in tqdm([r for r in recs if r.teacher is not None], desc="augmented views", unit="file", leave=False,
                       disable=None):
             f = cache_file(cache_dir, r.path, n)
-            f_mel = f.replace(".npz", f"_mel{mel_key}.npz")
+            f_mel = cache_file(cache_dir, r.path, n, f"_mel{mel_key}")
             out = tc.load_cached(f) if os.path.exists(f) else None
             power = None
             if os.path.exists(f_mel):
