@@ -59,6 +59,7 @@ class TrainConfig:
     eval_every: int = 500
     views: int = 0  # augmented views per teacher window, scored by the teacher (birdsound.views; drawn with
     #                 sampler.view_p and sampler.view_negative_p)
+    view_style: str = "v1"  # how they differ from the recording: "v1" or "field" (birdsound.views.STYLES)
     ema_decay: float = 0.0  # > 0: train on, but evaluate and keep, an exponential moving average of the weights
     #                         (and batch-norm statistics); the last step's own weights are scored beside it
     student_of: list[str] | None = None  # cross-validated runs (same data, seed and folds) whose mean logits are
@@ -96,7 +97,11 @@ def apply_recipe(cfg: TrainConfig, recipe: str) -> TrainConfig:
     bad = sorted(set(d) - fields) + sorted(f"sampler.{k}" for k in set(sampler) - sfields)
     if bad:
         raise ValueError(f"--recipe: unknown settings {', '.join(bad)}")
-    return dataclasses.replace(cfg, **d, sampler=dataclasses.replace(cfg.sampler, **sampler))
+    out = dataclasses.replace(cfg, **d, sampler=dataclasses.replace(cfg.sampler, **sampler))
+    from .views import STYLES
+    if out.view_style not in STYLES:
+        raise ValueError(f"--recipe: view_style {out.view_style!r} is unknown (known: {', '.join(STYLES)})")
+    return out
 
 
 def make_meta(labels: list[str], net: BirdNetLite, version: str, license: str, extra: dict) -> Metadata:
@@ -326,7 +331,8 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     prep = load_training_data(data, teacher=cfg.teacher, negatives=negatives, seed=cfg.seed, cache_dir=cache_dir,
-                              frontend=cfg.frontend, views=cfg.views, held_out=val_negatives if folds >= 2 else ())
+                              frontend=cfg.frontend, views=cfg.views, view_style=cfg.view_style,
+                              held_out=val_negatives if folds >= 2 else ())
     for n in prep.notes:
         log(n)
     report: dict = {"data": data, "labels": prep.labels, "n_recordings": len(prep.recs), "config": asdict(cfg),

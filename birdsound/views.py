@@ -4,7 +4,8 @@ The student's own augmentation (:mod:`birdsound.augment`) changes a window after
 the original, so a time-stretched or mixed window keeps targets the teacher never gave it. Here each
 teacher window of a recording gets `n` views made from that recording alone (so a cross-validation fold
 never sees another fold's audio): a speed change (resampled: pitch and tempo together), a smooth random
-equaliser, another stretch of the same recording mixed in, coloured noise. BirdNET scores every view; its
+equaliser, another stretch of the same recording mixed in, coloured noise; the ``field`` style (:data:`STYLES`)
+adds distance (high frequencies fade), reverberation and a stronger equaliser. BirdNET scores every view; its
 outputs are cached beside the plain windows' (:mod:`birdsound.teacher`), and so is the views' mel power at
 the model's rate (per front end); each view comes from its own seeded generator, so both can be made again
 identically. Training-time only (the ``distill`` extra).
@@ -30,11 +31,40 @@ EQ_DB = 6.0  # equaliser gains within +-EQ_DB at 5 log-spaced knots from EQ_HZ[0
 EQ_HZ = (150.0, 15000.0)
 MIX_P, MIX_DB = 0.5, (-12.0, 0.0)  # chance and level (relative to the view) of another stretch mixed in
 NOISE_P, NOISE_SNR_DB = 0.3, (0.0, 20.0)  # chance and signal-to-noise ratio of pink/brown noise
+TILT_REF_HZ = 10000.0  # distance: high frequencies fade as tilt_db x (f / TILT_REF_HZ)^2 (air absorption)
 
 
-def view_rng(window: int, view: int) -> np.random.Generator:
+@dataclass(frozen=True)
+class ViewStyle:
+    """How strongly views differ from the recording. ``v1`` (the default, K's views); ``field`` imitates other
+    recordists and sites: a stronger equaliser, distance (high frequencies fade), reverberation, more noise."""
+
+    seed: int  # first entry of every view's generator seed: views of two styles differ
+    speed: tuple[float, float] = SPEED
+    eq_db: float = EQ_DB
+    mix_p: float = MIX_P
+    noise_p: float = NOISE_P
+    tilt_p: float = 0.0  # chance and range (dB at TILT_REF_HZ) of the distance fade
+    tilt_db: tuple[float, float] = (0.0, 0.0)
+    reverb_p: float = 0.0  # chance, reverberation time and level (wet relative to dry) of a synthetic room/forest
+    rt60_s: tuple[float, float] = (0.15, 1.2)
+    wet_db: tuple[float, float] = (-12.0, 0.0)
+
+
+STYLES = {"v1": ViewStyle(VIEW_VERSION),
+          "field": ViewStyle(1001, eq_db=12.0, noise_p=0.4, tilt_p=0.6, tilt_db=(3.0, 24.0), reverb_p=0.5)}
+
+
+def style_of(name: str) -> ViewStyle:
+    """The view style called `name` (ValueError naming the known ones otherwise)."""
+    if name not in STYLES:
+        raise ValueError(f"view_style {name!r}: unknown (known: {', '.join(STYLES)})")
+    return STYLES[name]
+
+
+def view_rng(window: int, view: int, style: str = "v1") -> np.random.Generator:
     """The generator of view `view` of teacher window `window` of a recording (the same at every run)."""
-    return np.random.default_rng([VIEW_VERSION, window, view])
+    return np.random.default_rng([style_of(style).seed, window, view])
 
 
 def _rms(x: np.ndarray) -> float:
@@ -50,27 +80,43 @@ def _segment(x: np.ndarray, start: int, n: int) -> np.ndarray:
     return out
 
 
+def reverberate(v: np.ndarray, sr: int, rt60_s: float, wet_db: float, rng: np.random.Generator) -> np.ndarray:
+    """`v` plus its echo in a synthetic space: exponentially decaying noise of reverberation time `rt60_s`,
+    `wet_db` relative to `v`'s level; the same length."""
+    from scipy.signal import fftconvolve
+
+    t = np.arange(int(rt60_s * sr)) / sr
+    ir = rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60_s)  # -60 dB at rt60_s
+    wet = fftconvolve(v, ir)[:len(v)]
+    return (v + wet * (_rms(v) / _rms(wet) * 10 ** (wet_db / 20))).astype(np.float32)
+
+
 def make_view(x: np.ndarray, sr: int, start_s: float, rng: np.random.Generator,
-              window_s: float = tc.TEACHER_WINDOW_S) -> np.ndarray:
+              window_s: float = tc.TEACHER_WINDOW_S, style: str = "v1") -> np.ndarray:
     """A changed copy of the `window_s` of mono `x` (rate `sr`) starting at `start_s`: ``float32 [window]``."""
     import soxr
 
+    st = style_of(style)
     n = int(round(window_s * sr))
-    speed = rng.uniform(*SPEED)
+    speed = rng.uniform(*st.speed)
     m = int(round(n * speed))  # played `speed` times faster: m source samples fill the window
     centre = int(round((start_s + window_s / 2) * sr))
     v = soxr.resample(_segment(x, centre - m // 2, m), sr * speed, sr)
     v = _segment(v.astype(np.float32), 0, n)
-    if rng.random() < MIX_P:  # another stretch of the same recording, quieter
+    if rng.random() < st.mix_p:  # another stretch of the same recording, quieter
         other = _segment(x, int(rng.integers(0, max(1, len(x) - n + 1))), n)
         if _rms(other) > 1e-6:
             v = v + other * (_rms(v) / _rms(other) * 10 ** (rng.uniform(*MIX_DB) / 20))
+    if st.reverb_p and rng.random() < st.reverb_p:
+        v = reverberate(v, sr, rng.uniform(*st.rt60_s), rng.uniform(*st.wet_db), rng)
     spec = np.fft.rfft(v)
     freqs = np.fft.rfftfreq(n, 1 / sr)
     knots_hz = np.geomspace(*EQ_HZ, 5)
-    gain_db = np.interp(np.log(np.maximum(freqs, 1.0)), np.log(knots_hz), rng.uniform(-EQ_DB, EQ_DB, 5))
-    spec *= 10 ** (gain_db / 20)
-    if rng.random() < NOISE_P:
+    gain_db = np.interp(np.log(np.maximum(freqs, 1.0)), np.log(knots_hz), rng.uniform(-st.eq_db, st.eq_db, 5))
+    if st.tilt_p and rng.random() < st.tilt_p:
+        gain_db = gain_db - rng.uniform(*st.tilt_db) * (freqs / TILT_REF_HZ) ** 2
+    spec *= 10 ** (np.maximum(gain_db, -80.0) / 20)
+    if rng.random() < st.noise_p:
         slope = rng.choice([0.5, 1.0])  # pink (1/f) or brown (1/f^2) power
         noise = np.fft.rfft(rng.standard_normal(n)) / np.maximum(freqs, 20.0) ** slope
         noise = np.fft.irfft(noise, n)
@@ -78,17 +124,18 @@ def make_view(x: np.ndarray, sr: int, start_s: float, rng: np.random.Generator,
     return np.fft.irfft(spec, n).astype(np.float32)
 
 
-def views_of(x: np.ndarray, sr: int, starts_s: np.ndarray, n: int, first: int = 0) -> np.ndarray:
+def views_of(x: np.ndarray, sr: int, starts_s: np.ndarray, n: int, first: int = 0, style: str = "v1") -> np.ndarray:
     """Views `first` .. `n` - 1 of every window of a recording: ``[len(starts_s) * (n - first), window]``,
     window-major (view j of window w at row ``w * (n - first) + j - first``)."""
-    return np.stack([make_view(x, sr, float(s), view_rng(w, j)) for w, s in enumerate(starts_s)
+    return np.stack([make_view(x, sr, float(s), view_rng(w, j, style), style=style) for w, s in enumerate(starts_s)
                      for j in range(first, n)])
 
 
-def cache_file(cache_dir: str, path: str, n: int, suffix: str = "") -> str:
+def cache_file(cache_dir: str, path: str, n: int, suffix: str = "", style: str = "v1") -> str:
     """The cache of BirdNET's outputs on the `n` views of each window of `path` (with `suffix`, e.g. a mel key:
     another array of the same views)."""
-    return os.path.join(cache_dir, f"{tc.content_key(path, tc.TEACHER_HOP_S)}_views{n}_v{VIEW_VERSION}{suffix}.npz")
+    tag = f"v{VIEW_VERSION}" if style == "v1" else f"{style}{style_of(style).seed}"
+    return os.path.join(cache_dir, f"{tc.content_key(path, tc.TEACHER_HOP_S)}_views{n}_{tag}{suffix}.npz")
 
 
 def interleave(fewer: np.ndarray, more: np.ndarray, n_windows: int) -> np.ndarray:
@@ -98,11 +145,11 @@ def interleave(fewer: np.ndarray, more: np.ndarray, n_windows: int) -> np.ndarra
     return np.concatenate([a, b], axis=1).reshape(-1, *fewer.shape[1:])
 
 
-def cached_fewer(cache_dir: str, path: str, n: int, suffix: str = "") -> tuple[int, str | None]:
+def cached_fewer(cache_dir: str, path: str, n: int, suffix: str = "", style: str = "v1") -> tuple[int, str | None]:
     """The largest m < n whose views of `path` are cached (the file with `suffix`, e.g. a mel key), and that
     file: views are made from per-view seeds, so views 0..m-1 of a run with n views are those same views."""
     for m in range(n - 1, 0, -1):
-        f = cache_file(cache_dir, path, m, suffix)
+        f = cache_file(cache_dir, path, m, suffix, style)
         if os.path.exists(f):
             return m, f
     return 0, None
@@ -118,7 +165,7 @@ class ViewSet:
 
 
 def attach_views(recs: list, labels: list[str], frontend, window_frames: int, cache_dir: str, n: int,
-                 threads: int = 2) -> list[str]:
+                 threads: int = 2, style: str = "v1") -> list[str]:
     """Give every recording with teacher targets `n` views per teacher window (``r.views``); returns notes.
 
     BirdNET's outputs on the views and the views' mel power at this front end are cached beside the
@@ -137,8 +184,8 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
     with torch.no_grad():
         for r in tqdm([r for r in recs if r.teacher is not None], desc="augmented views", unit="file", leave=False,
                       disable=None):
-            f = cache_file(cache_dir, r.path, n)
-            f_mel = cache_file(cache_dir, r.path, n, f"_mel{mel_key}")
+            f = cache_file(cache_dir, r.path, n, style=style)
+            f_mel = cache_file(cache_dir, r.path, n, f"_mel{mel_key}", style)
             out = tc.load_cached(f) if os.path.exists(f) else None
             power = None
             if os.path.exists(f_mel):
@@ -152,10 +199,11 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
                     continue
                 starts = r.teacher.starts_s
                 # views cached by a run with fewer of them are reused: only the others are made and scored
-                m_out, f_out = cached_fewer(cache_dir, r.path, n) if out is None else (n, None)
-                m_mel, f_old_mel = cached_fewer(cache_dir, r.path, n, f"_mel{mel_key}") if power is None else (n, None)
+                m_out, f_out = cached_fewer(cache_dir, r.path, n, style=style) if out is None else (n, None)
+                m_mel, f_old_mel = (cached_fewer(cache_dir, r.path, n, f"_mel{mel_key}", style) if power is None
+                                    else (n, None))
                 first = min(m_out, m_mel)
-                v = views_of(x, tc.TEACHER_RATE_HZ, starts, n, first).reshape(len(starts), n - first, -1)  # [w, j, t]
+                v = views_of(x, tc.TEACHER_RATE_HZ, starts, n, first, style).reshape(len(starts), n - first, -1)  # [w, j, t]
                 if out is None:  # BirdNET on the views end to end: one window each
                     net = net or tc.BirdNet(threads)
                     o = net.run(v[:, m_out - first:].reshape(-1), hop_s=tc.TEACHER_WINDOW_S)

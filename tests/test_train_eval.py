@@ -912,6 +912,61 @@ def test_augmented_view_of_a_tone_is_the_tone_played_at_the_drawn_speed_and_the_
     assert not np.array_equal(views.make_view(x, sr, 4.0, views.view_rng(0, 0)), views.make_view(x, sr, 4.0, views.view_rng(0, 1)))
 
 
+def test_reverberation_rings_on_after_a_tone_burst_and_dies_away_at_its_reverberation_time():
+    from birdsound import views
+    sr, rt60 = 48000, 0.6
+    t = np.arange(3 * sr) / sr
+    x = np.where(t < 0.2, np.sin(2 * np.pi * 3000 * t), 0.0).astype(np.float32)  # 0.2 s burst, then silence
+    y = views.reverberate(x, sr, rt60, -6.0, np.random.default_rng(0))
+    assert y.shape == x.shape and y.dtype == np.float32
+    np.testing.assert_array_equal(y, views.reverberate(x, sr, rt60, -6.0, np.random.default_rng(0)))
+
+    def db(a: float, b: float) -> float:
+        seg = y[int(a * sr):int(b * sr)]
+        return 10 * np.log10(np.mean(seg.astype(np.float64) ** 2) + 1e-30)
+
+    assert db(0.25, 0.3) > db(0.0, 0.2) - 25  # the tail right after the burst is audible
+    # the tail's level falls 60 dB per rt60: 0.3 s apart, 30 dB (within 6)
+    assert db(0.3, 0.35) - db(0.6, 0.65) == pytest.approx(60 * 0.3 / rt60, abs=6)
+    assert db(2.5, 3.0) < db(0.0, 0.2) - 100  # gone long before the end
+
+
+def test_field_views_fade_high_frequencies_and_are_cached_apart_from_v1_views(tmp_path):
+    """The "field" style imitates distance (air absorbs high frequencies): over many views a 12 kHz tone loses
+    level against a 2 kHz one compared with v1's views; its views have their own seeds and cache files, and a
+    recipe naming an unknown style fails in one line."""
+    from birdsound import views
+    from birdsound.train import TrainConfig, apply_recipe
+    sr = 48000
+    t = np.arange(8 * sr) / sr
+    x = (0.2 * np.sin(2 * np.pi * 2000 * t) + 0.2 * np.sin(2 * np.pi * 12000 * t)).astype(np.float32)
+
+    def high_minus_low_db(style: str) -> float:
+        out = []
+        for w in range(24):
+            rng = views.view_rng(w, 0, style)
+            speed = views.view_rng(w, 0, style).uniform(*views.style_of(style).speed)
+            v = views.make_view(x, sr, 2.0, rng, style=style)
+            spec = np.abs(np.fft.rfft(v * np.hanning(len(v))))
+            hz = np.arange(len(spec)) * sr / len(v)
+            band = lambda f: spec[np.abs(hz - f * speed) < 5].max()  # noqa: E731
+            out.append(20 * np.log10(band(12000) / band(2000)))
+        return float(np.median(out))
+
+    assert high_minus_low_db("field") < high_minus_low_db("v1") - 3
+    np.testing.assert_array_equal(views.make_view(x, sr, 2.0, views.view_rng(1, 1, "field"), style="field"),
+                                  views.make_view(x, sr, 2.0, views.view_rng(1, 1, "field"), style="field"))
+    a = views.view_rng(0, 0).random(4)
+    assert not np.array_equal(a, views.view_rng(0, 0, "field").random(4))
+    audio_file = tmp_path / "a.wav"
+    sf.write(audio_file, x[:sr], sr)
+    v1, field = views.cache_file(str(tmp_path), str(audio_file), 2), views.cache_file(str(tmp_path), str(audio_file), 2, style="field")
+    assert v1.endswith("_views2_v1.npz") and field != v1 and "_views2_field" in field
+    assert apply_recipe(TrainConfig(), '{"view_style": "field"}').view_style == "field"
+    with pytest.raises(ValueError, match="view_style 'forest' is unknown"):
+        apply_recipe(TrainConfig(), '{"view_style": "forest"}')
+
+
 def test_calibration_offset_meets_the_false_detection_target_unless_it_costs_over_a_quarter_of_the_recall():
     from birdsound import crossval
     thr = crossval.threshold()
