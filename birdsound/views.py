@@ -166,7 +166,7 @@ class ViewSet:
 
 def attach_views(recs: list, labels: list[str], frontend, window_frames: int, cache_dir: str, n: int,
                  threads: int = 2, style: str = "v1") -> list[str]:
-    """Give every recording with teacher targets `n` views per teacher window (``r.views``); returns notes.
+    """Give every recording with teacher windows `n` views per teacher window (``r.views``); returns notes.
 
     BirdNET's outputs on the views and the views' mel power at this front end are cached beside the
     teacher's plain outputs; where either is missing the recording is decoded and its views made once. A
@@ -182,7 +182,7 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
                                          fe["fmax_hz"]]).encode()).hexdigest()[:12]
     net, notes = None, []
     with torch.no_grad():
-        for r in tqdm([r for r in recs if r.teacher is not None], desc="augmented views", unit="file", leave=False,
+        for r in tqdm([r for r in recs if r.teacher is not None and len(r.teacher.starts_s)], desc="augmented views", unit="file", leave=False,
                       disable=None):
             f = cache_file(cache_dir, r.path, n, style=style)
             f_mel = cache_file(cache_dir, r.path, n, f"_mel{mel_key}", style)

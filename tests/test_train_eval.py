@@ -912,6 +912,22 @@ def test_augmented_view_of_a_tone_is_the_tone_played_at_the_drawn_speed_and_the_
     assert not np.array_equal(views.make_view(x, sr, 4.0, views.view_rng(0, 0)), views.make_view(x, sr, 4.0, views.view_rng(0, 1)))
 
 
+def test_a_recording_without_teacher_windows_gets_no_views_and_no_error(tmp_path):
+    """Views are made per teacher window: a recording the teacher gave no window (too short) is left without
+    views, not an error (np.stack of nothing), and nothing is decoded or cached for it."""
+    from birdsound import views
+    from birdsound.dataset import Recording
+    from birdsound.features import MelFrontEnd
+    from birdsound.teacher import TeacherTargets
+    z = np.zeros((0, 2), np.float32)
+    r = Recording(str(tmp_path / "missing.wav"), ["A a_A"])
+    r.teacher = TeacherTargets(np.zeros(0, int), z, z, np.zeros((0, 4), np.float16), np.zeros(0), np.zeros(0),
+                               starts_s=np.zeros(0))
+    fe = MelFrontEnd(32000)
+    assert views.attach_views([r], ["A a_A", "B b_B"], fe, 300, str(tmp_path), 2) == []
+    assert r.views is None and os.listdir(tmp_path) == []
+
+
 def test_reverberation_rings_on_after_a_tone_burst_and_dies_away_at_its_reverberation_time():
     from birdsound import views
     sr, rt60 = 48000, 0.6
