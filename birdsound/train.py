@@ -98,9 +98,11 @@ def apply_recipe(cfg: TrainConfig, recipe: str) -> TrainConfig:
     if bad:
         raise ValueError(f"--recipe: unknown settings {', '.join(bad)}")
     out = dataclasses.replace(cfg, **d, sampler=dataclasses.replace(cfg.sampler, **sampler))
-    from .views import STYLES
-    if out.view_style not in STYLES:
-        raise ValueError(f"--recipe: view_style {out.view_style!r} is unknown (known: {', '.join(STYLES)})")
+    from .views import style_of
+    try:
+        style_of(out.view_style)
+    except ValueError as e:
+        raise ValueError(f"--recipe: {e}") from None
     return out
 
 

@@ -58,7 +58,7 @@ STYLES = {"v1": ViewStyle(VIEW_VERSION),
 def style_of(name: str) -> ViewStyle:
     """The view style called `name` (ValueError naming the known ones otherwise)."""
     if name not in STYLES:
-        raise ValueError(f"view_style {name!r}: unknown (known: {', '.join(STYLES)})")
+        raise ValueError(f"view_style {name!r} is unknown (known: {', '.join(STYLES)})")
     return STYLES[name]
 
 
@@ -182,8 +182,8 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
                                          fe["fmax_hz"]]).encode()).hexdigest()[:12]
     net, notes = None, []
     with torch.no_grad():
-        for r in tqdm([r for r in recs if r.teacher is not None and len(r.teacher.starts_s)], desc="augmented views", unit="file", leave=False,
-                      disable=None):
+        for r in tqdm([r for r in recs if r.teacher is not None and len(r.teacher.starts_s)], desc="augmented views",
+                      unit="file", leave=False, disable=None):
             f = cache_file(cache_dir, r.path, n, style=style)
             f_mel = cache_file(cache_dir, r.path, n, f"_mel{mel_key}", style)
             out = tc.load_cached(f) if os.path.exists(f) else None
@@ -203,7 +203,8 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
                 m_mel, f_old_mel = (cached_fewer(cache_dir, r.path, n, f"_mel{mel_key}", style) if power is None
                                     else (n, None))
                 first = min(m_out, m_mel)
-                v = views_of(x, tc.TEACHER_RATE_HZ, starts, n, first, style).reshape(len(starts), n - first, -1)  # [w, j, t]
+                v = views_of(x, tc.TEACHER_RATE_HZ, starts, n, first, style)
+                v = v.reshape(len(starts), n - first, -1)  # [w, j, t]
                 if out is None:  # BirdNET on the views end to end: one window each
                     net = net or tc.BirdNet(threads)
                     o = net.run(v[:, m_out - first:].reshape(-1), hop_s=tc.TEACHER_WINDOW_S)
