@@ -107,6 +107,7 @@ def make_view(x: np.ndarray, sr: int, start_s: float, rng: np.random.Generator,
         other = _segment(x, int(rng.integers(0, max(1, len(x) - n + 1))), n)
         if _rms(other) > 1e-6:
             v = v + other * (_rms(v) / _rms(other) * 10 ** (rng.uniform(*MIX_DB) / 20))
+    # a step a style leaves out draws nothing: v1's views stay those made before there were styles
     if st.reverb_p and rng.random() < st.reverb_p:
         v = reverberate(v, sr, rng.uniform(*st.rt60_s), rng.uniform(*st.wet_db), rng)
     spec = np.fft.rfft(v)
@@ -134,7 +135,8 @@ def views_of(x: np.ndarray, sr: int, starts_s: np.ndarray, n: int, first: int = 
 def cache_file(cache_dir: str, path: str, n: int, suffix: str = "", style: str = "v1") -> str:
     """The cache of BirdNET's outputs on the `n` views of each window of `path` (with `suffix`, e.g. a mel key:
     another array of the same views)."""
-    tag = f"v{VIEW_VERSION}" if style == "v1" else f"{style}{style_of(style).seed}"
+    style_of(style)
+    tag = f"v{VIEW_VERSION}" + ("" if style == "v1" else f"_{style}")  # every style's files change with make_view
     return os.path.join(cache_dir, f"{tc.content_key(path, tc.TEACHER_HOP_S)}_views{n}_{tag}{suffix}.npz")
 
 
