@@ -359,6 +359,10 @@ def evaluate(model_path, data, out_dir, annotations, threshold, overlap, toleran
         fail(str(e))
     s = rep["summary"]
     click.echo(", ".join(f"{k} {v:.3f}" for k, v in s.items() if isinstance(v, float)))
+    fd = rep["false_detections"]
+    lo, hi = fd["per_hour_95ci"]
+    click.echo(f"false detections: {fd['detections']} in {fd['hours']:.2f} h of bird-free audio, "
+               f"{fd['per_hour']:.1f} per hour (95 % interval {lo:.1f}-{hi:.1f})")
     click.echo(f"report: {os.path.join(out_dir, 'report.json')}")
 
 

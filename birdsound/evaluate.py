@@ -20,8 +20,8 @@ import numpy as np
 from . import audio, outputs
 from .dataset import read_dataset
 from .detect import DEFAULT_MIN_CONF, DetectOptions, detect, label_matcher, merge_consecutive
-from .metrics import (false_detections, macro_ap, macro_auc, prf_at_threshold, recording_scores,
-                      topk_accuracy)
+from .metrics import (false_detections, macro_ap, macro_auc, prf_at_threshold, rate_interval,
+                      recording_scores, topk_accuracy)
 from .runtime import Classifier
 from .stream import file_windows, hop_samples
 from .util import atomic_write
@@ -78,7 +78,8 @@ def false_detection_report(model: Classifier, negatives: list[str] = (), teacher
                                                        window_s, DEFAULT_MIN_CONF)
     hours = sum(v["hours"] for v in by.values())
     n = sum(v["detections"] for v in by.values())
-    return {"by_source": by, "detections": n, "hours": hours, "per_hour": n / hours if hours else float("nan")}
+    return {"by_source": by, "detections": n, "hours": hours, "per_hour": n / hours if hours else float("nan"),
+            "per_hour_95ci": rate_interval(n, hours)}
 
 
 def teacher_free_windows(model: Classifier, files: dict[str, list[int]], cache_dir: str) -> dict[str, np.ndarray]:

@@ -79,10 +79,23 @@ def window_hours(n_windows: int, window_s: float) -> float:
     return n_windows * window_s / 3600.0
 
 
+def rate_interval(n: int, hours: float, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Garwood) two-sided `level` confidence interval of a Poisson rate per hour, from `n` events
+    in `hours`: how far a false-detection rate measured on little audio can be from the true one."""
+    from scipy.stats import chi2
+
+    if not hours:
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    lo = chi2.ppf(a, 2 * n) / 2 if n else 0.0
+    return float(lo / hours), float(chi2.ppf(1 - a, 2 * n + 2) / 2 / hours)
+
+
 def false_detections(window_scores: np.ndarray, window_s: float, min_conf: float) -> dict:
     """Detections (window x species at or above `min_conf`) in windows known to hold none of the
-    model's species, and their rate per hour of audio (windows of `window_s` seconds, no overlap)."""
+    model's species, their rate per hour of audio (windows of `window_s` seconds, no overlap) and that
+    rate's 95 % interval (:func:`rate_interval`)."""
     n = int((np.asarray(window_scores) >= min_conf).sum()) if len(window_scores) else 0
     hours = window_hours(len(window_scores), window_s)
     return {"detections": n, "hours": hours, "windows": int(len(window_scores)),
-            "per_hour": n / hours if hours else float("nan")}
+            "per_hour": n / hours if hours else float("nan"), "per_hour_95ci": rate_interval(n, hours)}

@@ -338,6 +338,21 @@ def test_student_of_distils_the_runs_matching_models_and_init_from_starts_from_t
     assert r.exit_code == 2 and "both name start weights" in r.output and r.output.count("\n") == 1, r.output
 
 
+def test_false_detection_rate_interval_is_the_exact_poisson_interval():
+    """The 95 % interval of a false-detection rate: Garwood's exact Poisson limits (textbook values: 0 events
+    -> 0-3.689, 10 events -> 4.795-18.39), per hour of audio; zero detections in 0.69 h (all the bird-free
+    audio of a 2-fold CV here) cannot show a rate of at most 2 per hour."""
+    from birdsound.metrics import false_detections, rate_interval
+    assert rate_interval(0, 1.0) == pytest.approx((0.0, 3.689), abs=1e-3)
+    assert rate_interval(10, 1.0) == pytest.approx((4.795, 18.39), abs=1e-2)
+    assert rate_interval(10, 0.5) == pytest.approx((9.59, 36.78), abs=2e-2)
+    assert rate_interval(0, 0.69)[1] > 5
+    fd = false_detections(np.array([[0.1, 0.3], [0.9, 0.2]] * 600), 3.0, 0.25)  # 1,200 windows of 3 s: 1 h
+    assert fd["detections"] == 1200 and fd["hours"] == pytest.approx(1.0)
+    lo, hi = fd["per_hour_95ci"]
+    assert lo < fd["per_hour"] == 1200 < hi and hi - lo < 150
+
+
 def test_ensemble_averages_two_runs_logits_and_scores_them_from_their_held_out_logits(plain_and_ema, tmp_path):
     """birdsound ensemble: one model file whose logits are the mean of the runs' raw logits less its own
     offset; its cross-validation is that of the mean held-out logits (of one run with itself: that run's);
@@ -706,6 +721,8 @@ def test_evaluate_on_strong_labels(strong_label_model, tmp_path):
     fd = rep["false_detections"]
     assert set(fd["by_source"]) == {"synthesized_noise", "bird_free_files"}
     assert fd["by_source"]["bird_free_files"]["hours"] == pytest.approx(30 / 3600)
+    lo, hi = fd["per_hour_95ci"]
+    assert lo <= fd["per_hour"] < hi and f"{fd['detections']} in {fd['hours']:.2f} h of bird-free audio" in r.output
     assert rep["confusion_matrix"]["labels"] == sorted(
         ["Vermivora chrysoptera_Golden-winged Warbler", "Cranioleuca erythrops_Red-faced Spinetail"]) + ["(other species)"]
     for png in ("confusion.png", "pr_curves.png"):
