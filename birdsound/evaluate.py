@@ -20,7 +20,7 @@ import numpy as np
 from . import audio, outputs
 from .dataset import read_dataset
 from .detect import DEFAULT_MIN_CONF, DetectOptions, detect, label_matcher, merge_consecutive
-from .metrics import (false_detections, macro_ap, macro_auc, prf_at_threshold, rate_interval,
+from .metrics import (detection_rate, false_detections, macro_ap, macro_auc, prf_at_threshold,
                       recording_scores, topk_accuracy)
 from .runtime import Classifier
 from .stream import file_windows, hop_samples
@@ -76,10 +76,8 @@ def false_detection_report(model: Classifier, negatives: list[str] = (), teacher
             probs.append(pr[keep])
         by["teacher_empty_windows"] = false_detections(np.concatenate(probs) if probs else np.zeros((0, 1)),
                                                        window_s, DEFAULT_MIN_CONF)
-    hours = sum(v["hours"] for v in by.values())
-    n = sum(v["detections"] for v in by.values())
-    return {"by_source": by, "detections": n, "hours": hours, "per_hour": n / hours if hours else float("nan"),
-            "per_hour_95ci": rate_interval(n, hours)}
+    return {"by_source": by, **detection_rate(sum(v["detections"] for v in by.values()),
+                                              sum(v["hours"] for v in by.values()))}
 
 
 def teacher_free_windows(model: Classifier, files: dict[str, list[int]], cache_dir: str) -> dict[str, np.ndarray]:

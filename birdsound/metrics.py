@@ -96,6 +96,10 @@ def false_detections(window_scores: np.ndarray, window_s: float, min_conf: float
     model's species, their rate per hour of audio (windows of `window_s` seconds, no overlap) and that
     rate's 95 % interval (:func:`rate_interval`)."""
     n = int((np.asarray(window_scores) >= min_conf).sum()) if len(window_scores) else 0
-    hours = window_hours(len(window_scores), window_s)
-    return {"detections": n, "hours": hours, "windows": int(len(window_scores)),
-            "per_hour": n / hours if hours else float("nan"), "per_hour_95ci": rate_interval(n, hours)}
+    return {**detection_rate(n, window_hours(len(window_scores), window_s)), "windows": int(len(window_scores))}
+
+
+def detection_rate(n: int, hours: float) -> dict:
+    """`n` detections in `hours` of audio: their rate per hour and its 95 % interval (:func:`rate_interval`)."""
+    return {"detections": n, "hours": hours, "per_hour": n / hours if hours else float("nan"),
+            "per_hour_95ci": rate_interval(n, hours)}
