@@ -59,7 +59,7 @@ class TrainConfig:
     eval_every: int = 500
     views: int = 0  # augmented views per teacher window, scored by the teacher (birdsound.views; drawn with
     #                 sampler.view_p and sampler.view_negative_p)
-    view_style: str = "v1"  # how they differ from the recording: "v1" or "field" (birdsound.views.STYLES)
+    view_style: str = "v1"  # how they differ from the recording: "v1", "field", "fieldx" (birdsound.views.STYLES)
     ema_decay: float = 0.0  # > 0: train on, but evaluate and keep, an exponential moving average of the weights
     #                         (and batch-norm statistics); the last step's own weights are scored beside it
     student_of: list[str] | None = None  # cross-validated runs (same data, seed and folds) whose mean logits are
@@ -333,7 +333,7 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     prep = load_training_data(data, teacher=cfg.teacher, negatives=negatives, seed=cfg.seed, cache_dir=cache_dir,
-                              frontend=cfg.frontend, views=cfg.views, view_style=cfg.view_style,
+                              frontend=cfg.frontend, views=cfg.views, view_style=cfg.view_style, folds=folds,
                               held_out=val_negatives if folds >= 2 else ())
     for n in prep.notes:
         log(n)

@@ -107,10 +107,10 @@ def default_cache_dir() -> str:
 def load_training_data(data: str, sample_rate: int = SAMPLE_RATE_HZ, window_s: float = WINDOW_S,
                        teacher: str | None = None, negatives: list[str] = (), seed: int = 0,
                        cache_dir: str | None = None, frontend: dict | None = None, views: int = 0,
-                       held_out: list[str] = (), view_style: str = "v1") -> Prepared:
+                       held_out: list[str] = (), view_style: str = "v1", folds: int = 0) -> Prepared:
     """Read, decode and prepare DATA (and bird-free `negatives` folders/files) for training; with a teacher
     and `views`, also that many augmented views per teacher window of each recording (:mod:`birdsound.views`)
-    in `view_style`.
+    in `view_style` (a style that mixes recordings mixes only those of one of the `folds` cross-validation folds).
     `held_out` names the bird-free files the folds are validated on, only to check none is trained on.
 
     Raises
@@ -140,8 +140,11 @@ def load_training_data(data: str, sample_rate: int = SAMPLE_RATE_HZ, window_s: f
     if teacher == "birdnet":
         prep.notes += attach_teacher(recs + neg_recs, labels, prep.frame_rate, prep.cache_dir)
         if views:
+            from .crossval import assign_folds
             from .views import attach_views
-            prep.notes += attach_views(recs, labels, frontend, wf, prep.cache_dir, views, style=view_style)
+            groups = assign_folds(recs, folds, seed) if folds >= 2 else None
+            prep.notes += attach_views(recs, labels, frontend, wf, prep.cache_dir, views, style=view_style,
+                                       groups=groups)
     elif teacher:
         raise DatasetError(f"--teacher {teacher}: unknown teacher (birdnet is the one there is)")
     elif views:

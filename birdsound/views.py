@@ -5,7 +5,9 @@ the original, so a time-stretched or mixed window keeps targets the teacher neve
 teacher window of a recording gets `n` views made from that recording alone (so a cross-validation fold
 never sees another fold's audio): a speed change (resampled: pitch and tempo together), a smooth random
 equaliser, another stretch of the same recording mixed in, coloured noise; the ``field`` style (:data:`STYLES`)
-adds distance (high frequencies fade), reverberation and a stronger equaliser. BirdNET scores every view; its
+adds distance (high frequencies fade), reverberation and a stronger equaliser; the ``fieldx`` style mixes in
+a stretch of *another* recording of the same group instead (its cross-validation fold: recordings that are
+always trained on together), so the teacher labels two birds at once without one fold hearing another's audio. BirdNET scores every view; its
 outputs are cached beside the plain windows' (:mod:`birdsound.teacher`), and so is the views' mel power at
 the model's rate (per front end); each view comes from its own seeded generator, so both can be made again
 identically. Training-time only (the ``distill`` extra).
@@ -49,10 +51,14 @@ class ViewStyle:
     reverb_p: float = 0.0  # chance, reverberation time and level (wet relative to dry) of a synthetic room/forest
     rt60_s: tuple[float, float] = (0.15, 1.2)
     wet_db: tuple[float, float] = (-12.0, 0.0)
+    mix_db: tuple[float, float] = MIX_DB
+    cross: bool = False  # the mixed-in stretch comes from another recording of the group (attach_views' `groups`)
 
 
+FIELD = dict(eq_db=12.0, noise_p=0.4, tilt_p=0.6, tilt_db=(3.0, 24.0), reverb_p=0.5)
 STYLES = {"v1": ViewStyle(VIEW_VERSION),
-          "field": ViewStyle(1001, eq_db=12.0, noise_p=0.4, tilt_p=0.6, tilt_db=(3.0, 24.0), reverb_p=0.5)}
+          "field": ViewStyle(1001, **FIELD),
+          "fieldx": ViewStyle(2001, **FIELD, mix_p=0.7, mix_db=(-9.0, 3.0), cross=True)}
 
 
 def style_of(name: str) -> ViewStyle:
@@ -92,8 +98,10 @@ def reverberate(v: np.ndarray, sr: int, rt60_s: float, wet_db: float, rng: np.ra
 
 
 def make_view(x: np.ndarray, sr: int, start_s: float, rng: np.random.Generator,
-              window_s: float = tc.TEACHER_WINDOW_S, style: str = "v1") -> np.ndarray:
-    """A changed copy of the `window_s` of mono `x` (rate `sr`) starting at `start_s`: ``float32 [window]``."""
+              window_s: float = tc.TEACHER_WINDOW_S, style: str = "v1",
+              others: list[np.ndarray] = ()) -> np.ndarray:
+    """A changed copy of the `window_s` of mono `x` (rate `sr`) starting at `start_s`: ``float32 [window]``;
+    a ``cross`` style mixes in a stretch of one of `others` (other recordings at rate `sr`) where there are any."""
     import soxr
 
     st = style_of(style)
@@ -103,10 +111,11 @@ def make_view(x: np.ndarray, sr: int, start_s: float, rng: np.random.Generator,
     centre = int(round((start_s + window_s / 2) * sr))
     v = soxr.resample(_segment(x, centre - m // 2, m), sr * speed, sr)
     v = _segment(v.astype(np.float32), 0, n)
-    if rng.random() < st.mix_p:  # another stretch of the same recording, quieter
-        other = _segment(x, int(rng.integers(0, max(1, len(x) - n + 1))), n)
+    if rng.random() < st.mix_p:  # another stretch of the same recording (or of another one), quieter
+        src = others[int(rng.integers(len(others)))] if st.cross and len(others) else x
+        other = _segment(src, int(rng.integers(0, max(1, len(src) - n + 1))), n)
         if _rms(other) > 1e-6:
-            v = v + other * (_rms(v) / _rms(other) * 10 ** (rng.uniform(*MIX_DB) / 20))
+            v = v + other * (_rms(v) / _rms(other) * 10 ** (rng.uniform(*st.mix_db) / 20))
     # a step a style leaves out draws nothing: v1's views stay those made before there were styles
     if st.reverb_p and rng.random() < st.reverb_p:
         v = reverberate(v, sr, rng.uniform(*st.rt60_s), rng.uniform(*st.wet_db), rng)
@@ -125,18 +134,21 @@ def make_view(x: np.ndarray, sr: int, start_s: float, rng: np.random.Generator,
     return np.fft.irfft(spec, n).astype(np.float32)
 
 
-def views_of(x: np.ndarray, sr: int, starts_s: np.ndarray, n: int, first: int = 0, style: str = "v1") -> np.ndarray:
+def views_of(x: np.ndarray, sr: int, starts_s: np.ndarray, n: int, first: int = 0, style: str = "v1",
+             others: list[np.ndarray] = ()) -> np.ndarray:
     """Views `first` .. `n` - 1 of every window of a recording: ``[len(starts_s) * (n - first), window]``,
     window-major (view j of window w at row ``w * (n - first) + j - first``)."""
-    return np.stack([make_view(x, sr, float(s), view_rng(w, j, style), style=style) for w, s in enumerate(starts_s)
-                     for j in range(first, n)])
+    return np.stack([make_view(x, sr, float(s), view_rng(w, j, style), style=style, others=others)
+                     for w, s in enumerate(starts_s) for j in range(first, n)])
 
 
-def cache_file(cache_dir: str, path: str, n: int, suffix: str = "", style: str = "v1") -> str:
+def cache_file(cache_dir: str, path: str, n: int, suffix: str = "", style: str = "v1", group: str = "") -> str:
     """The cache of BirdNET's outputs on the `n` views of each window of `path` (with `suffix`, e.g. a mel key:
-    another array of the same views)."""
+    another array of the same views); a ``cross`` style's views also depend on the recordings of `path`'s
+    group (:func:`group_keys`)."""
     style_of(style)
     tag = f"v{VIEW_VERSION}" + ("" if style == "v1" else f"_{style}")  # every style's files change with make_view
+    tag += f"_g{group}" if group else ""
     return os.path.join(cache_dir, f"{tc.content_key(path, tc.TEACHER_HOP_S)}_views{n}_{tag}{suffix}.npz")
 
 
@@ -147,14 +159,27 @@ def interleave(fewer: np.ndarray, more: np.ndarray, n_windows: int) -> np.ndarra
     return np.concatenate([a, b], axis=1).reshape(-1, *fewer.shape[1:])
 
 
-def cached_fewer(cache_dir: str, path: str, n: int, suffix: str = "", style: str = "v1") -> tuple[int, str | None]:
+def cached_fewer(cache_dir: str, path: str, n: int, suffix: str = "", style: str = "v1",
+                 group: str = "") -> tuple[int, str | None]:
     """The largest m < n whose views of `path` are cached (the file with `suffix`, e.g. a mel key), and that
     file: views are made from per-view seeds, so views 0..m-1 of a run with n views are those same views."""
     for m in range(n - 1, 0, -1):
-        f = cache_file(cache_dir, path, m, suffix, style)
+        f = cache_file(cache_dir, path, m, suffix, style, group)
         if os.path.exists(f):
             return m, f
     return 0, None
+
+
+def group_keys(paths: list[str], groups: list[int] | None) -> list[str]:
+    """For each recording, a key of the recordings of its group (the same for all of them; changes when a
+    member does), or "" for all where there are no `groups`."""
+    if groups is None:
+        return [""] * len(paths)
+    members: dict[int, list[str]] = {}
+    for p, g in zip(paths, groups):
+        members.setdefault(g, []).append(tc.content_key(p, 0.0))
+    keys = {g: hashlib.sha256(json.dumps(sorted(m)).encode()).hexdigest()[:10] for g, m in members.items()}
+    return [keys[g] for g in groups]
 
 
 @dataclass
@@ -167,15 +192,30 @@ class ViewSet:
 
 
 def attach_views(recs: list, labels: list[str], frontend, window_frames: int, cache_dir: str, n: int,
-                 threads: int = 2, style: str = "v1") -> list[str]:
+                 threads: int = 2, style: str = "v1", groups: list[int] | None = None) -> list[str]:
     """Give every recording with teacher windows `n` views per teacher window (``r.views``); returns notes.
 
     BirdNET's outputs on the views and the views' mel power at this front end are cached beside the
     teacher's plain outputs; where either is missing the recording is decoded and its views made once. A
     cache of fewer views of the recording (a run with fewer) gives its views; only the others are made.
+    A ``cross`` style mixes in other recordings of the same group (`groups`: one number per recording; one
+    group of all without).
     """
     import soxr
     from tqdm import tqdm
+
+    cross = style_of(style).cross
+    groups = (groups if groups is not None else [0] * len(recs)) if cross else None
+    gkeys = group_keys([r.path for r in recs], groups)
+    decoded: dict[str, np.ndarray | None] = {}
+
+    def load(path: str) -> np.ndarray | None:
+        if path not in decoded:
+            try:
+                decoded[path] = audio.load(path, tc.TEACHER_RATE_HZ)
+            except audio.AudioError:
+                decoded[path] = None
+        return decoded[path]
 
     mapping = tc.map_labels(labels, tc.teacher_labels())
     sr = int(frontend.mel.sample_rate)
@@ -184,10 +224,11 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
                                          fe["fmax_hz"]]).encode()).hexdigest()[:12]
     net, notes = None, []
     with torch.no_grad():
-        for r in tqdm([r for r in recs if r.teacher is not None and len(r.teacher.starts_s)], desc="augmented views",
-                      unit="file", leave=False, disable=None):
-            f = cache_file(cache_dir, r.path, n, style=style)
-            f_mel = cache_file(cache_dir, r.path, n, f"_mel{mel_key}", style)
+        for i, r in tqdm([(i, r) for i, r in enumerate(recs) if r.teacher is not None and len(r.teacher.starts_s)],
+                         desc="augmented views", unit="file", leave=False, disable=None):
+            g = gkeys[i]
+            f = cache_file(cache_dir, r.path, n, style=style, group=g)
+            f_mel = cache_file(cache_dir, r.path, n, f"_mel{mel_key}", style, g)
             out = tc.load_cached(f) if os.path.exists(f) else None
             power = None
             if os.path.exists(f_mel):
@@ -201,11 +242,14 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
                     continue
                 starts = r.teacher.starts_s
                 # views cached by a run with fewer of them are reused: only the others are made and scored
-                m_out, f_out = cached_fewer(cache_dir, r.path, n, style=style) if out is None else (n, None)
-                m_mel, f_old_mel = (cached_fewer(cache_dir, r.path, n, f"_mel{mel_key}", style) if power is None
+                m_out, f_out = cached_fewer(cache_dir, r.path, n, style=style, group=g) if out is None else (n, None)
+                m_mel, f_old_mel = (cached_fewer(cache_dir, r.path, n, f"_mel{mel_key}", style, g) if power is None
                                     else (n, None))
                 first = min(m_out, m_mel)
-                v = views_of(x, tc.TEACHER_RATE_HZ, starts, n, first, style)
+                mates = sorted((q.path for j, q in enumerate(recs) if cross and j != i and groups[j] == groups[i]),
+                               key=lambda q: tc.content_key(q, 0.0))  # an order that does not depend on the list's
+                others = [o for o in map(load, mates) if o is not None]
+                v = views_of(x, tc.TEACHER_RATE_HZ, starts, n, first, style, others)
                 v = v.reshape(len(starts), n - first, -1)  # [w, j, t]
                 if out is None:  # BirdNET on the views end to end: one window each
                     net = net or tc.BirdNet(threads)
