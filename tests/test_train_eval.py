@@ -1003,6 +1003,73 @@ def test_field_views_fade_high_frequencies_and_are_cached_apart_from_v1_views(tm
         apply_recipe(TrainConfig(), '{"view_style": "forest"}')
 
 
+def test_fieldx_views_mix_in_only_recordings_of_the_same_fold_and_are_cached_under_that_fold(tmp_path, monkeypatch):
+    """The "fieldx" style mixes another recording into a view: only one of the same group (cross-validation
+    fold), so a fold never trains on audio of the recordings it is validated on; its cache files name the
+    group's recordings, so another split makes other files; the other styles stay as they were."""
+    from birdsound import teacher as tc, views
+    from birdsound.dataset import Recording
+    from birdsound.features import MelFrontEnd
+    from birdsound.teacher import TeacherOutput, TeacherTargets
+    sr = 48000
+    t = np.arange(4 * sr) / sr
+    tones_hz = [1500, 3000, 4500, 6000]  # recordings 0 and 2 form one fold, 1 and 3 the other
+    recs = []
+    for i, hz in enumerate(tones_hz):
+        f = tmp_path / f"r{i}.wav"
+        sf.write(f, (0.2 * np.sin(2 * np.pi * hz * t)).astype(np.float32), sr)
+        r = Recording(str(f), ["A a_A"])
+        one = np.zeros((1, 2), np.float32)
+        r.teacher = TeacherTargets(np.zeros(1, int), one, one, np.zeros((1, 4), np.float16), np.zeros(1),
+                                   np.zeros(1), starts_s=np.zeros(1))
+        recs.append(r)
+    groups = [0, 1, 0, 1]
+    mixed_in: dict[str, list[float]] = {}
+
+    def spy(x, sr_, starts, n, first, style, others=()):
+        peaks = [float(np.argmax(np.abs(np.fft.rfft(o[:sr_])))) for o in others]  # 1 s of audio: bin k is k Hz
+        mixed_in[style] = mixed_in.get(style, []) + [peaks]
+        return views_of(x, sr_, starts, n, first, style, others)
+
+    class FakeBirdNet:
+        def __init__(self, threads):
+            pass
+
+        def run(self, x, hop_s):
+            k = len(x) // (3 * sr)
+            return TeacherOutput(np.arange(k) * 3.0, np.zeros((k, 3), np.float16), np.zeros((k, 4), np.float16))
+
+    views_of = views.views_of
+    monkeypatch.setattr(views, "views_of", spy)
+    monkeypatch.setattr(tc, "BirdNet", FakeBirdNet)
+    monkeypatch.setattr(tc, "teacher_labels", lambda: ["A a_A", "B b_B", "C c_C"])
+    fe = MelFrontEnd(32000)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    assert views.attach_views(recs, ["A a_A", "B b_B"], fe, 300, str(cache), 2, style="fieldx", groups=groups) == []
+    assert mixed_in["fieldx"] == [[4500.0], [6000.0], [1500.0], [3000.0]]  # each recording's fold mate, only
+    assert all(r.views is not None and r.views.power.shape[0] == 2 for r in recs)
+    names = sorted(os.listdir(cache))
+    keys = views.group_keys([r.path for r in recs], groups)
+    assert keys[0] == keys[2] != keys[1] == keys[3]
+    assert len(names) == 8 and all(f"_views2_v1_fieldx_g{keys[i]}" in "".join(n for n in names if n.startswith(
+        tc.content_key(recs[i].path, tc.TEACHER_HOP_S))) for i in range(4))
+    assert views.group_keys([r.path for r in recs], [0, 0, 1, 1])[0] != keys[0]  # another split, other files
+    views.attach_views(recs, ["A a_A", "B b_B"], fe, 300, str(cache), 2, style="field", groups=groups)
+    assert mixed_in["field"] == [[]] * 4  # field mixes the recording with itself: no group
+    assert not any("_g" in n for n in os.listdir(cache) if "_field." in n or "_field_mel" in n)
+    # a fieldx view of a recording holds its fold mate's tone where the draw mixed one in
+    x = (0.2 * np.sin(2 * np.pi * 1500 * t)).astype(np.float32)
+    mate = (0.2 * np.sin(2 * np.pi * 4500 * t)).astype(np.float32)
+    heard = 0
+    for w in range(12):
+        v = views.make_view(x, sr, 0.5, views.view_rng(w, 0, "fieldx"), style="fieldx", others=[mate])
+        spec = np.abs(np.fft.rfft(v * np.hanning(len(v))))
+        hz = np.arange(len(spec)) * sr / len(v)
+        heard += spec[np.abs(hz - 4500) < 3].max() > 0.05 * spec.max()
+    assert 4 <= heard <= 11  # mixed in about 70 % of the views
+
+
 def test_calibration_offset_meets_the_false_detection_target_unless_it_costs_over_a_quarter_of_the_recall():
     from birdsound import crossval
     thr = crossval.threshold()
