@@ -2,15 +2,15 @@
 
 The student's own augmentation (:mod:`birdsound.augment`) changes a window after the teacher has scored
 the original, so a time-stretched or mixed window keeps targets the teacher never gave it. Here each
-teacher window of a recording gets `n` views made from that recording alone (so a cross-validation fold
-never sees another fold's audio): a speed change (resampled: pitch and tempo together), a smooth random
-equaliser, another stretch of the same recording mixed in, coloured noise; the ``field`` style (:data:`STYLES`)
-adds distance (high frequencies fade), reverberation and a stronger equaliser; the ``fieldx`` style mixes in
-a stretch of *another* recording of the same group instead (its cross-validation fold: recordings that are
-always trained on together), so the teacher labels two birds at once without one fold hearing another's audio. BirdNET scores every view; its
-outputs are cached beside the plain windows' (:mod:`birdsound.teacher`), and so is the views' mel power at
-the model's rate (per front end); each view comes from its own seeded generator, so both can be made again
-identically. Training-time only (the ``distill`` extra).
+teacher window of a recording gets `n` views made from that recording (so a cross-validation fold never sees
+another fold's audio): a speed change (resampled: pitch and tempo together), a smooth random equaliser,
+another stretch of the same recording mixed in, coloured noise; the ``field`` style (:data:`STYLES`) adds
+distance (high frequencies fade), reverberation and a stronger equaliser; the ``fieldx`` style mixes in a
+stretch of *another* recording instead, one of the same group (its cross-validation fold: recordings always
+trained on together), so the teacher labels two birds at once and still no fold hears another's audio.
+BirdNET scores every view; its outputs are cached beside the plain windows' (:mod:`birdsound.teacher`), and so
+is the views' mel power at the model's rate (per front end); each view comes from its own seeded generator,
+so both can be made again identically. Training-time only (the ``distill`` extra).
 """
 
 from __future__ import annotations
