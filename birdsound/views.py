@@ -52,6 +52,8 @@ class ViewStyle:
     rt60_s: tuple[float, float] = (0.15, 1.2)
     wet_db: tuple[float, float] = (-12.0, 0.0)
     mix_db: tuple[float, float] = MIX_DB
+    eq_hz: tuple[float, float] = EQ_HZ  # the equaliser's lowest and highest knot
+    noise_snr_db: tuple[float, float] = NOISE_SNR_DB
     cross: bool = False  # the mixed-in stretch comes from another recording of the group (attach_views' `groups`)
 
 
@@ -121,7 +123,7 @@ def make_view(x: np.ndarray, sr: int, start_s: float, rng: np.random.Generator,
         v = reverberate(v, sr, rng.uniform(*st.rt60_s), rng.uniform(*st.wet_db), rng)
     spec = np.fft.rfft(v)
     freqs = np.fft.rfftfreq(n, 1 / sr)
-    knots_hz = np.geomspace(*EQ_HZ, 5)
+    knots_hz = np.geomspace(*st.eq_hz, 5)
     gain_db = np.interp(np.log(np.maximum(freqs, 1.0)), np.log(knots_hz), rng.uniform(-st.eq_db, st.eq_db, 5))
     if st.tilt_p and rng.random() < st.tilt_p:
         gain_db = gain_db - rng.uniform(*st.tilt_db) * (freqs / TILT_REF_HZ) ** 2
@@ -130,7 +132,7 @@ def make_view(x: np.ndarray, sr: int, start_s: float, rng: np.random.Generator,
         slope = rng.choice([0.5, 1.0])  # pink (1/f) or brown (1/f^2) power
         noise = np.fft.rfft(rng.standard_normal(n)) / np.maximum(freqs, 20.0) ** slope
         noise = np.fft.irfft(noise, n)
-        spec += np.fft.rfft(noise * (_rms(v) / _rms(noise) * 10 ** (-rng.uniform(*NOISE_SNR_DB) / 20)))
+        spec += np.fft.rfft(noise * (_rms(v) / _rms(noise) * 10 ** (-rng.uniform(*st.noise_snr_db) / 20)))
     return np.fft.irfft(spec, n).astype(np.float32)
 
 
