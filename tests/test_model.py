@@ -194,6 +194,24 @@ def test_export_runs_standalone_and_matches_eager(small_model, synth_dataset, tm
     assert info.exit_code == 0 and "smoke-1" in info.output and "input/output:" in info.output
 
 
+def test_int8_quantizes_convolutions_with_one_weight_scale_per_output_channel():
+    """Static int8 gives every quantized convolution and the head a weight scale per output channel (qnnpack's
+    default is one per tensor, which lost v9's detections), and the quantized model still ranks like the float
+    one on windows with distinct calls."""
+    from birdsound.export import quantize_static
+
+    torch.manual_seed(0)
+    net = BirdNetLite(3, SR).eval()
+    x = torch.from_numpy(np.stack([synth_call(k, 3.0, 70 + i) for i, k in enumerate(SYNTH_SPECIES.values())
+                                   for _ in range(4)]).astype(np.float32))
+    q = quantize_static(net, x.numpy())
+    packed = [m for m in q.body.modules() if hasattr(m, "weight") and callable(m.weight)]
+    schemes = {m.weight().qscheme() for m in packed}
+    assert len(packed) > 10 and schemes <= {torch.per_channel_affine, torch.per_channel_symmetric}, schemes
+    with torch.no_grad():
+        assert (q(x).argmax(1) == net(x).argmax(1)).float().mean() >= 0.75
+
+
 def test_exported_model_gives_identical_detections(small_model, synth_dataset, tmp_path):
     out = tmp_path / "m.pt"
     CliRunner().invoke(main, ["export", small_model, "-o", str(out), "--calibration", synth_dataset, "--windows", "16"])
