@@ -237,11 +237,15 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
                 with np.load(f_mel) as z:
                     power = torch.from_numpy(z["power"])
             if out is None or power is None:
-                try:
-                    x = audio.load(r.path, tc.TEACHER_RATE_HZ)
-                except audio.AudioError as e:
-                    notes.append(f"teacher views: {e}")
-                    continue
+                x = decoded.get(r.path)  # a cross style may have decoded it already as another's mate
+                if x is None:
+                    try:
+                        x = audio.load(r.path, tc.TEACHER_RATE_HZ)
+                    except audio.AudioError as e:
+                        notes.append(f"teacher views: {e}")
+                        continue
+                    if cross:
+                        decoded[r.path] = x
                 starts = r.teacher.starts_s
                 # views cached by a run with fewer of them are reused: only the others are made and scored
                 m_out, f_out = cached_fewer(cache_dir, r.path, n, style=style, group=g) if out is None else (n, None)
