@@ -209,15 +209,20 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
     cross = style_of(style).cross
     groups = (groups if groups is not None else [0] * len(recs)) if cross else None
     gkeys = group_keys([r.path for r in recs], groups)
-    decoded: dict[str, np.ndarray | None] = {}
+    decoded: dict[str, np.ndarray | audio.AudioError] = {}
 
-    def load(path: str) -> np.ndarray | None:
-        if path not in decoded:
-            try:
-                decoded[path] = audio.load(path, tc.TEACHER_RATE_HZ)
-            except audio.AudioError:
-                decoded[path] = None
-        return decoded[path]
+    def load(path: str) -> np.ndarray | audio.AudioError:
+        """The recording at the teacher's rate, or why it cannot be decoded; a cross style keeps it (its
+        recordings are also the other recordings' mates), so each is decoded once."""
+        if path in decoded:
+            return decoded[path]
+        try:
+            x = audio.load(path, tc.TEACHER_RATE_HZ)
+        except audio.AudioError as e:
+            x = e
+        if cross:
+            decoded[path] = x
+        return x
 
     mapping = tc.map_labels(labels, tc.teacher_labels())
     sr = int(frontend.mel.sample_rate)
@@ -237,15 +242,10 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
                 with np.load(f_mel) as z:
                     power = torch.from_numpy(z["power"])
             if out is None or power is None:
-                x = decoded.get(r.path)  # a cross style may have decoded it already as another's mate
-                if x is None:
-                    try:
-                        x = audio.load(r.path, tc.TEACHER_RATE_HZ)
-                    except audio.AudioError as e:
-                        notes.append(f"teacher views: {e}")
-                        continue
-                    if cross:
-                        decoded[r.path] = x
+                x = load(r.path)
+                if isinstance(x, audio.AudioError):
+                    notes.append(f"teacher views: {x}")
+                    continue
                 starts = r.teacher.starts_s
                 # views cached by a run with fewer of them are reused: only the others are made and scored
                 m_out, f_out = cached_fewer(cache_dir, r.path, n, style=style, group=g) if out is None else (n, None)
@@ -254,7 +254,7 @@ def attach_views(recs: list, labels: list[str], frontend, window_frames: int, ca
                 first = min(m_out, m_mel)
                 mates = sorted((q.path for j, q in enumerate(recs) if cross and j != i and groups[j] == groups[i]),
                                key=lambda q: tc.content_key(q, 0.0))  # an order that does not depend on the list's
-                others = [o for o in map(load, mates) if o is not None]
+                others = [o for o in map(load, mates) if not isinstance(o, audio.AudioError)]
                 v = views_of(x, tc.TEACHER_RATE_HZ, starts, n, first, style, others)
                 v = v.reshape(len(starts), n - first, -1)  # [w, j, t]
                 if out is None:  # BirdNET on the views end to end: one window each

@@ -1039,8 +1039,15 @@ def test_fieldx_views_mix_in_only_recordings_of_the_same_fold_and_are_cached_und
             k = len(x) // (3 * sr)
             return TeacherOutput(np.arange(k) * 3.0, np.zeros((k, 3), np.float16), np.zeros((k, 4), np.float16))
 
-    views_of = views.views_of
+    decodes: list[str] = []
+
+    def counted_load(path, rate, channel=None):
+        decodes.append(os.path.basename(path))
+        return load(path, rate, channel)
+
+    views_of, load = views.views_of, views.audio.load
     monkeypatch.setattr(views, "views_of", spy)
+    monkeypatch.setattr(views.audio, "load", counted_load)
     monkeypatch.setattr(tc, "BirdNet", FakeBirdNet)
     monkeypatch.setattr(tc, "teacher_labels", lambda: ["A a_A", "B b_B", "C c_C"])
     fe = MelFrontEnd(32000)
@@ -1048,6 +1055,7 @@ def test_fieldx_views_mix_in_only_recordings_of_the_same_fold_and_are_cached_und
     cache.mkdir()
     assert views.attach_views(recs, ["A a_A", "B b_B"], fe, 300, str(cache), 2, style="fieldx", groups=groups) == []
     assert mixed_in["fieldx"] == [[4500.0], [6000.0], [1500.0], [3000.0]]  # each recording's fold mate, only
+    assert sorted(decodes) == [f"r{i}.wav" for i in range(4)]  # each decoded once: as itself and as a mate
     assert all(r.views is not None and r.views.power.shape[0] == 2 for r in recs)
     names = sorted(os.listdir(cache))
     keys = views.group_keys([r.path for r in recs], groups)
@@ -1058,6 +1066,17 @@ def test_fieldx_views_mix_in_only_recordings_of_the_same_fold_and_are_cached_und
     views.attach_views(recs, ["A a_A", "B b_B"], fe, 300, str(cache), 2, style="field", groups=groups)
     assert mixed_in["field"] == [[]] * 4  # field mixes the recording with itself: no group
     assert not any("_g" in n for n in os.listdir(cache) if "_field." in n or "_field_mel" in n)
+    # a recording that cannot be decoded gets a note naming it and is no one's mate; the others keep their views
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    r_bad = Recording(str(bad), ["A a_A"])
+    r_bad.teacher = recs[0].teacher
+    mixed_in.clear()
+    (tmp_path / "cache2").mkdir()
+    notes = views.attach_views([recs[0], recs[1], r_bad], ["A a_A", "B b_B"], fe, 300, str(tmp_path / "cache2"), 2,
+                               style="fieldx", groups=[0, 1, 0])
+    assert len(notes) == 1 and notes[0].startswith("teacher views: ") and "bad.wav" in notes[0], notes
+    assert mixed_in["fieldx"] == [[], []]  # r0's only fold mate is the bad file; r1 has none
     # a fieldx view of a recording holds its fold mate's tone where the draw mixed one in
     x = (0.2 * np.sin(2 * np.pi * 1500 * t)).astype(np.float32)
     mate = (0.2 * np.sin(2 * np.pi * 4500 * t)).astype(np.float32)
