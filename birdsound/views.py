@@ -7,7 +7,9 @@ another fold's audio): a speed change (resampled: pitch and tempo together), a s
 another stretch of the same recording mixed in, coloured noise; the ``field`` style (:data:`STYLES`) adds
 distance (high frequencies fade), reverberation and a stronger equaliser; the ``fieldx`` style mixes in a
 stretch of *another* recording instead, one of the same group (its cross-validation fold: recordings always
-trained on together), so the teacher labels two birds at once and still no fold hears another's audio.
+trained on together), so the teacher labels two birds at once and still no fold hears another's audio; the
+``nearmiss`` style changes the song itself (pitch by up to 9 semitones, half of them backwards), so that the
+teacher's empty answers on them are bird-like sounds that are none of ours.
 BirdNET scores every view; its outputs are cached beside the plain windows' (:mod:`birdsound.teacher`), and so
 is the views' mel power at the model's rate (per front end); each view comes from its own seeded generator,
 so both can be made again identically. Training-time only (the ``distill`` extra).
@@ -55,12 +57,16 @@ class ViewStyle:
     eq_hz: tuple[float, float] = EQ_HZ  # the equaliser's lowest and highest knot
     noise_snr_db: tuple[float, float] = NOISE_SNR_DB
     cross: bool = False  # the mixed-in stretch comes from another recording of the group (attach_views' `groups`)
+    reverse_p: float = 0.0  # chance the window is played backwards
 
 
 FIELD = dict(eq_db=12.0, noise_p=0.4, tilt_p=0.6, tilt_db=(3.0, 24.0), reverb_p=0.5)
 STYLES = {"v1": ViewStyle(VIEW_VERSION),
           "field": ViewStyle(1001, **FIELD),
-          "fieldx": ViewStyle(2001, **FIELD, mix_p=0.7, mix_db=(-9.0, 3.0), cross=True)}
+          "fieldx": ViewStyle(2001, **FIELD, mix_p=0.7, mix_db=(-9.0, 3.0), cross=True),
+          # far from the recording: pitch up or down by as much as 9 semitones (with tempo), half played
+          # backwards; the teacher often hears none of ours in them: near misses to teach silence with
+          "nearmiss": ViewStyle(3001, speed=(0.6, 1.7), reverse_p=0.5)}
 
 
 def style_of(name: str) -> ViewStyle:
@@ -113,6 +119,8 @@ def make_view(x: np.ndarray, sr: int, start_s: float, rng: np.random.Generator,
     centre = int(round((start_s + window_s / 2) * sr))
     v = soxr.resample(_segment(x, centre - m // 2, m), sr * speed, sr)
     v = _segment(v.astype(np.float32), 0, n)
+    if st.reverse_p and rng.random() < st.reverse_p:  # (a style without it draws nothing here)
+        v = np.ascontiguousarray(v[::-1])
     if rng.random() < st.mix_p:  # another stretch of the same recording (or of another one), quieter
         src = others[int(rng.integers(len(others)))] if st.cross and len(others) else x
         other = _segment(src, int(rng.integers(0, max(1, len(src) - n + 1))), n)

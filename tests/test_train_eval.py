@@ -1003,6 +1003,34 @@ def test_field_views_fade_high_frequencies_and_are_cached_apart_from_v1_views(tm
         apply_recipe(TrainConfig(), '{"view_style": "forest"}')
 
 
+def test_nearmiss_views_move_the_pitch_far_and_play_half_of_the_windows_backwards():
+    """The "nearmiss" style changes the song itself: a rising chirp comes out at the drawn speed (0.6-1.7: up to
+    9 semitones), and falling in the views whose draw says backwards; about half of them are."""
+    from birdsound import views
+    sr = 48000
+    t = np.arange(12 * sr) / sr
+    x = (0.3 * np.sin(2 * np.pi * (1000 * t + 100 * t ** 2))).astype(np.float32)  # 1000 + 200 t Hz
+    st = views.style_of("nearmiss")
+    reversed_, speeds, checked = [], [], 0
+    for w in range(40):
+        rng = views.view_rng(w, 0, "nearmiss")
+        speed, backwards, mixed = rng.uniform(*st.speed), rng.random() < st.reverse_p, rng.random() < st.mix_p
+        reversed_.append(backwards)
+        speeds.append(speed)
+        if mixed:  # another stretch of the chirp in the same view would blur the peak track
+            continue
+        v = views.make_view(x, sr, 4.5, views.view_rng(w, 0, "nearmiss"), style="nearmiss")
+        f, _, S = __import__("scipy.signal", fromlist=["stft"]).stft(v, sr, nperseg=4096)
+        peak = f[np.abs(S).argmax(axis=0)][4:-4]  # the tone's frequency in each frame, edges left out
+        centre = (1000 + 200 * 6.0) * speed  # the chirp at the window's centre (6 s), played `speed` times faster
+        assert np.median(peak) == pytest.approx(centre, rel=0.06)
+        rising = np.polyfit(np.arange(len(peak)), peak, 1)[0] > 0
+        assert rising != backwards
+        checked += 1
+    assert checked >= 10 and 0.3 < np.mean(reversed_) < 0.7
+    assert min(speeds) < 0.75 and max(speeds) > 1.5
+
+
 def test_fieldx_views_mix_in_only_recordings_of_the_same_fold_and_are_cached_under_that_fold(tmp_path, monkeypatch):
     """The "fieldx" style mixes another recording into a view: only one of the same group (cross-validation
     fold), so a fold never trains on audio of the recordings it is validated on; its cache files name the
