@@ -59,7 +59,7 @@ class TrainConfig:
     eval_every: int = 500
     views: int = 0  # augmented views per teacher window, scored by the teacher (birdsound.views; drawn with
     #                 sampler.view_p and sampler.view_negative_p)
-    view_style: str = "v1"  # how they differ from the recording: "v1", "field", "fieldx" (birdsound.views.STYLES)
+    view_style: str = "v1"  # how they differ from the recording: "v1", "field", "fieldx", "nearmiss" (birdsound.views.STYLES)
     ema_decay: float = 0.0  # > 0: train on, but evaluate and keep, an exponential moving average of the weights
     #                         (and batch-norm statistics); the last step's own weights are scored beside it
     student_of: list[str] | None = None  # cross-validated runs (same data, seed and folds) whose mean logits are
