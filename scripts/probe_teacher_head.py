@@ -71,7 +71,7 @@ def main() -> None:
     by_path = {r.path: r for r in prep.recs}
     out = {"run": a.run, "head_max_residual": resid, "folds": []}
     lams = a.ridge or [1e-3, 1e-2, 1e-1]
-    for k in range(2):
+    for k in range(int(metrics["cross_validation"]["k"])):
         net, meta = load_checkpoint(os.path.join(a.run, f"fold{k + 1}.pt"))
         net.eval()
         held = set(meta.extra["cv_held_out_recordings"])

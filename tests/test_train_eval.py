@@ -1006,6 +1006,8 @@ def test_field_views_fade_high_frequencies_and_are_cached_apart_from_v1_views(tm
 def test_nearmiss_views_move_the_pitch_far_and_play_half_of_the_windows_backwards():
     """The "nearmiss" style changes the song itself: a rising chirp comes out at the drawn speed (0.6-1.7: up to
     9 semitones), and falling in the views whose draw says backwards; about half of them are."""
+    from scipy.signal import stft
+
     from birdsound import views
     sr = 48000
     t = np.arange(12 * sr) / sr
@@ -1020,7 +1022,7 @@ def test_nearmiss_views_move_the_pitch_far_and_play_half_of_the_windows_backward
         if mixed:  # another stretch of the chirp in the same view would blur the peak track
             continue
         v = views.make_view(x, sr, 4.5, views.view_rng(w, 0, "nearmiss"), style="nearmiss")
-        f, _, S = __import__("scipy.signal", fromlist=["stft"]).stft(v, sr, nperseg=4096)
+        f, _, S = stft(v, sr, nperseg=4096)
         peak = f[np.abs(S).argmax(axis=0)][4:-4]  # the tone's frequency in each frame, edges left out
         centre = (1000 + 200 * 6.0) * speed  # the chirp at the window's centre (6 s), played `speed` times faster
         assert np.median(peak) == pytest.approx(centre, rel=0.06)
