@@ -29,10 +29,10 @@ def teacher_head(cache_dir: str) -> tuple[np.ndarray, np.ndarray, float]:
     """BirdNET's head ``(W [1024, 6522], b [6522])`` fitted to every cached (embedding, logits) pair, and the
     largest absolute residual (float16 rounding if the head is linear)."""
     E, L = [], []
-    for p in sorted(glob.glob(os.path.join(cache_dir, "*_hop1000_v1.npz"))):
-        with np.load(p) as d:
-            E.append(d["embeddings"].astype(np.float64))
-            L.append(d["logits"].astype(np.float64))
+    for p in sorted(glob.glob(os.path.join(cache_dir, "*_hop1000_v1.npz"))):  # the plain windows' files
+        o = tc.load_cached(p)
+        E.append(o.embeddings.astype(np.float64))
+        L.append(o.logits.astype(np.float64))
     E, L = np.concatenate(E), np.concatenate(L)
     X = np.c_[E, np.ones(len(E))]
     Wb, *_ = np.linalg.lstsq(X, L, rcond=None)
@@ -61,8 +61,8 @@ def main() -> None:
     a = ap.parse_args()
     W, b, resid = teacher_head(a.cache)
     metrics, z = crossval.read_cv_run(a.run)
-    net0, meta0 = load_checkpoint(os.path.join(a.run, "fold1.pt"))
-    prep = load_training_data(a.data, teacher="birdnet", cache_dir=a.cache, frontend=net0.frontend.config())
+    frontend = load_checkpoint(os.path.join(a.run, "fold1.pt"))[0].frontend.config()
+    prep = load_training_data(a.data, teacher="birdnet", cache_dir=a.cache, frontend=frontend)
     mapping = tc.map_labels(prep.labels, tc.teacher_labels())
     assert (mapping >= 0).all()
     W69, b69 = W[:, mapping], b[mapping]
