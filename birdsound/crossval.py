@@ -9,6 +9,7 @@ round-robin over the folds (same folds for the same seed, whatever the model).
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 
@@ -70,6 +71,26 @@ def fold_splits(recs: list[Recording], folds: int, seed: int):
     fa = assign_folds(recs, folds, seed)
     for k in range(folds):
         yield k, [r for r, f in zip(recs, fa) if f != k], [r for r, f in zip(recs, fa) if f == k]
+
+
+def thin_recordings(recs: list[Recording], share: float, seed: int) -> list[Recording]:
+    """A share of `recs` drawn by species: ``ceil(share * n)`` of each species' n recordings, at least one,
+    the same ones for the same seed (a learning curve holds the validation folds fixed and thins the training
+    side only)."""
+    if not 0 < share <= 1:
+        raise ValueError(f"train_share must be in (0, 1], got {share}")
+    if share == 1:
+        return list(recs)
+    rng = random.Random(seed)
+    by: dict[str, list[int]] = {}
+    for i, r in enumerate(recs):
+        by.setdefault(r.labels[0], []).append(i)
+    keep: set[int] = set()
+    for sp in sorted(by):
+        idx = sorted(by[sp], key=lambda i: recs[i].path)
+        rng.shuffle(idx)
+        keep.update(idx[:max(1, math.ceil(share * len(idx)))])
+    return [r for i, r in enumerate(recs) if i in keep]
 
 
 @torch.no_grad()

@@ -71,6 +71,8 @@ class TrainConfig:
     backbone: dict | None = None  # None: the v1 CNN; {"type": "mn", "depth": 12}: EfficientAT's MobileNetV3
     frontend: dict | None = None  # MelFrontEnd settings (None: defaults)
     pretrained: str | None = None  # EfficientAT mn04 weights to start the "mn" backbone from
+    train_share: float = 1.0  # < 1: each cross-validation fold learns from this share of its training recordings
+    #                           (per species, at least one; the held-out recordings stay the same): a learning curve
     calibrate: bool = True  # with cross-validation: shift logits so bird-free audio stays quiet
     false_detections_target: float = crossval.FALSE_DETECTIONS_TARGET  # per hour of bird-free audio at min_conf 0.25
 
@@ -98,6 +100,8 @@ def apply_recipe(cfg: TrainConfig, recipe: str) -> TrainConfig:
     if bad:
         raise ValueError(f"--recipe: unknown settings {', '.join(bad)}")
     out = dataclasses.replace(cfg, **d, sampler=dataclasses.replace(cfg.sampler, **sampler))
+    if not 0 < out.train_share <= 1:
+        raise ValueError(f"--recipe: train_share must be in (0, 1], got {out.train_share}")
     from .views import style_of
     try:
         style_of(out.view_style)
@@ -453,7 +457,12 @@ def cv_fits(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: list[st
             return crossval.with_method(m, "top25")
 
         teachers, init = fit_models(prep, cfg, k, sorted(r.path for r in va))
-        specs.append(FitSpec(tr, replace(cfg, seed=cfg.seed + k), f"fold {k + 1}/{folds}", evaluate, teachers, init))
+        desc = f"fold {k + 1}/{folds}"
+        if cfg.train_share < 1:
+            n = len(tr)
+            tr = crossval.thin_recordings(tr, cfg.train_share, cfg.seed + 1000 + k)
+            desc += f" (learns from {len(tr)} of its {n} training recordings)"
+        specs.append(FitSpec(tr, replace(cfg, seed=cfg.seed + k), desc, evaluate, teachers, init))
     return specs
 
 

@@ -1119,6 +1119,23 @@ def test_fieldx_views_mix_in_only_recordings_of_the_same_fold_and_are_cached_und
     assert 4 <= heard <= 11  # mixed in about 70 % of the views
 
 
+def test_thinned_training_recordings_keep_a_share_of_each_species_and_at_least_one():
+    from birdsound import crossval
+    from birdsound.dataset import Recording
+    from birdsound.train import TrainConfig, apply_recipe
+    recs = [Recording(f"/d/{sp}{j}.wav", [sp]) for sp, n in (("a", 1), ("b", 2), ("c", 4), ("d", 7)) for j in range(n)]
+    half = crossval.thin_recordings(recs, 0.5, 7)
+    count = {sp: sum(r.labels[0] == sp for r in half) for sp in "abcd"}
+    assert count == {"a": 1, "b": 1, "c": 2, "d": 4} and all(r in recs for r in half)
+    assert [r.path for r in crossval.thin_recordings(list(reversed(recs)), 0.5, 7)] == [r.path for r in reversed(half)]
+    draws = {tuple(r.path for r in crossval.thin_recordings(recs, 0.5, s)) for s in range(6)}
+    assert len(draws) > 1  # the seed chooses which recordings
+    assert crossval.thin_recordings(recs, 1.0, 7) == recs
+    assert apply_recipe(TrainConfig(), '{"train_share": 0.5}').train_share == 0.5
+    with pytest.raises(ValueError, match="train_share must be in"):
+        apply_recipe(TrainConfig(), '{"train_share": 0}')
+
+
 def test_calibration_offset_meets_the_false_detection_target_unless_it_costs_over_a_quarter_of_the_recall():
     from birdsound import crossval
     thr = crossval.threshold()
