@@ -66,11 +66,13 @@ def assign_folds(recs: list[Recording], k: int, seed: int) -> list[int]:
     return folds
 
 
-def fold_splits(recs: list[Recording], folds: int, seed: int):
-    """Yield (k, training recordings, validation recordings) for each of `folds` folds by recording."""
+def fold_splits(recs: list[Recording], folds: int, seed: int, train_share: float = 1.0):
+    """Yield (k, training recordings, validation recordings) for each of `folds` folds by recording; with
+    `train_share` < 1 the training side is thinned (:func:`thin_recordings`), the validation side never."""
     fa = assign_folds(recs, folds, seed)
     for k in range(folds):
-        yield k, [r for r, f in zip(recs, fa) if f != k], [r for r, f in zip(recs, fa) if f == k]
+        train = thin_recordings([r for r, f in zip(recs, fa) if f != k], train_share, seed + 1000 + k)
+        yield k, train, [r for r, f in zip(recs, fa) if f == k]
 
 
 def thin_recordings(recs: list[Recording], share: float, seed: int) -> list[Recording]:

@@ -319,6 +319,9 @@ def train(data: str, out_dir: str, cfg: TrainConfig | None = None, folds: int = 
     cfg = cfg or TrainConfig()
     if cv_from and (folds or cv_only):
         raise ValueError("--cv-from reuses a finished cross-validation: drop --folds and --cv-only")
+    if cfg.train_share < 1 and not (folds and cv_only):
+        raise ValueError(f"--recipe: train_share {cfg.train_share} thins the folds of a learning curve: it needs "
+                         "--folds and --cv-only (a final model always learns from every recording)")
     if cfg.init_from and cfg.pretrained:
         raise ValueError(f"--recipe: init_from {cfg.init_from} and pretrained {cfg.pretrained} both name start weights")
     states = trainstate.state_dir(out_dir)
@@ -450,7 +453,7 @@ def cv_fits(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: list[st
         if cfg.teacher:
             attach_teacher(neg, prep.labels, prep.frame_rate, prep.cache_dir)
     specs = []
-    for k, tr, va in crossval.fold_splits(prep.recs, folds, cfg.seed):
+    for k, tr, va in crossval.fold_splits(prep.recs, folds, cfg.seed, cfg.train_share):
         def evaluate(net, step, va=va):
             m = crossval.validate(net, prep, va, neg)
             m["step"] = step
@@ -459,9 +462,7 @@ def cv_fits(prep: Prepared, cfg: TrainConfig, folds: int, val_negatives: list[st
         teachers, init = fit_models(prep, cfg, k, sorted(r.path for r in va))
         desc = f"fold {k + 1}/{folds}"
         if cfg.train_share < 1:
-            n = len(tr)
-            tr = crossval.thin_recordings(tr, cfg.train_share, cfg.seed + 1000 + k)
-            desc += f" (learns from {len(tr)} of its {n} training recordings)"
+            desc += f" (learns from {len(tr)} of its {len(prep.recs) - len(va)} training recordings)"
         specs.append(FitSpec(tr, replace(cfg, seed=cfg.seed + k), desc, evaluate, teachers, init))
     return specs
 

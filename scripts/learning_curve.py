@@ -54,8 +54,9 @@ def main() -> None:
     cfg = m_small["config"]
     recs, _ = read_dataset(m_small["data"])
     out = {"small": args.small, "full": args.full, "train_share": cfg.get("train_share", 1.0), "folds": []}
-    for k, tr, va in crossval.fold_splits(recs, m_small["cross_validation"]["k"], cfg["seed"]):
-        thin = crossval.thin_recordings(tr, cfg.get("train_share", 1.0), cfg["seed"] + 1000 + k)
+    k_folds, share = m_small["cross_validation"]["k"], cfg.get("train_share", 1.0)
+    for (k, tr, va), (_, thin, _) in zip(crossval.fold_splits(recs, k_folds, cfg["seed"]),
+                                         crossval.fold_splits(recs, k_folds, cfg["seed"], share)):
         files = list(a_small[f"fold{k}_recording_files"])
         assert files == list(a_full[f"fold{k}_recording_files"]), "the runs held out other recordings"
         n_tr = {sp: sum(r.labels[0] == sp for r in tr) for sp in {r.labels[0] for r in tr}}

@@ -1122,7 +1122,7 @@ def test_fieldx_views_mix_in_only_recordings_of_the_same_fold_and_are_cached_und
 def test_thinned_training_recordings_keep_a_share_of_each_species_and_at_least_one():
     from birdsound import crossval
     from birdsound.dataset import Recording
-    from birdsound.train import TrainConfig, apply_recipe
+    from birdsound.train import TrainConfig, apply_recipe, train
     recs = [Recording(f"/d/{sp}{j}.wav", [sp]) for sp, n in (("a", 1), ("b", 2), ("c", 4), ("d", 7)) for j in range(n)]
     half = crossval.thin_recordings(recs, 0.5, 7)
     count = {sp: sum(r.labels[0] == sp for r in half) for sp in "abcd"}
@@ -1131,9 +1131,16 @@ def test_thinned_training_recordings_keep_a_share_of_each_species_and_at_least_o
     draws = {tuple(r.path for r in crossval.thin_recordings(recs, 0.5, s)) for s in range(6)}
     assert len(draws) > 1  # the seed chooses which recordings
     assert crossval.thin_recordings(recs, 1.0, 7) == recs
-    assert apply_recipe(TrainConfig(), '{"train_share": 0.5}').train_share == 0.5
+    # the folds thin their training side only; their validation side is the full run's
+    full, thinned = list(crossval.fold_splits(recs, 2, 0)), list(crossval.fold_splits(recs, 2, 0, 0.5))
+    for (_, tr, va), (_, ttr, tva) in zip(full, thinned):
+        assert tva == va and set(r.path for r in ttr) < set(r.path for r in tr)
+    cfg = apply_recipe(TrainConfig(), '{"train_share": 0.5}')
+    assert cfg.train_share == 0.5
     with pytest.raises(ValueError, match="train_share must be in"):
         apply_recipe(TrainConfig(), '{"train_share": 0}')
+    with pytest.raises(ValueError, match="needs --folds and --cv-only"):  # a final model learns from everything
+        train("/nonexistent", "/nonexistent/out", cfg, folds=2)
 
 
 def test_calibration_offset_meets_the_false_detection_target_unless_it_costs_over_a_quarter_of_the_recall():
