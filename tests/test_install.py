@@ -57,17 +57,17 @@ def test_missing_shared_data():
 
 
 def test_under_ci_a_skip_for_a_missing_dependency_fails(tmp_path):
-    probe = os.path.join(ROOT, "tests", "test_probe_ci_skip_tmp.py")
-    with open(probe, "w") as f:
-        f.write(PROBE)
-    try:
-        def run(ci):
-            env = {**os.environ, "CI": ci}
-            return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", probe],
-                                  capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
-        ci, local = run("true"), run("")
-    finally:
-        os.remove(probe)
+    # the probe lives in tmp_path (an interrupted run leaves nothing in tests/); tests/conftest.py is loaded into
+    # it as a plugin, hooks and helpers alike
+    probe = tmp_path / "test_probe_ci_skip.py"
+    probe.write_text(PROBE)
+
+    def run(ci):
+        env = {**os.environ, "CI": ci, "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests"),
+                                                                      os.environ.get("PYTHONPATH", "")])}
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "conftest",
+                               str(probe)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    ci, local = run("true"), run("")
     assert ci.returncode == 1 and "1 failed, 1 skipped" in ci.stdout, ci.stdout
     assert "skipped under CI=true" in ci.stdout and "no_such_module_birdsound_probe" in ci.stdout
     assert local.returncode == 0 and "2 skipped" in local.stdout, local.stdout
