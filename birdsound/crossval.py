@@ -50,13 +50,19 @@ def read_cv_run(run: str, also: tuple[str, ...] = ()) -> tuple[dict, dict[str, n
         return metrics, {key: z[key] for key in z.files}
 
 
+def by_species(recs: list[Recording]) -> dict[str, list[int]]:
+    """The indices of `recs` by focal species (the first label), in order."""
+    by: dict[str, list[int]] = {}
+    for i, r in enumerate(recs):
+        by.setdefault(r.labels[0], []).append(i)
+    return by
+
+
 def assign_folds(recs: list[Recording], k: int, seed: int) -> list[int]:
     """Fold of every recording: each species' recordings are dealt round-robin over the folds."""
     rng = random.Random(seed)
     folds = [0] * len(recs)
-    by: dict[str, list[int]] = {}
-    for i, r in enumerate(recs):
-        by.setdefault(r.labels[0], []).append(i)
+    by = by_species(recs)
     for sp in sorted(by):
         idx = by[sp]
         rng.shuffle(idx)
@@ -84,9 +90,7 @@ def thin_recordings(recs: list[Recording], share: float, seed: int) -> list[Reco
     if share == 1:
         return list(recs)
     rng = random.Random(seed)
-    by: dict[str, list[int]] = {}
-    for i, r in enumerate(recs):
-        by.setdefault(r.labels[0], []).append(i)
+    by = by_species(recs)
     keep: set[int] = set()
     for sp in sorted(by):
         idx = sorted(by[sp], key=lambda i: recs[i].path)
@@ -151,6 +155,12 @@ def validate(net, prep, recs: list[Recording], negatives: list[Recording] = ()) 
     # which window is which, so that a later look (scripts/cv_*.py) needs neither the audio nor the folds
     out.update(held_out_windows(recs, labels, y, starts, np.concatenate(per_rec), free_starts, fps))
     return {**metrics_of(out, window_s), **out}
+
+
+def fold_arrays(held_out: dict, k: int) -> dict:
+    """Fold `k`'s held-out arrays (the ``_`` keys of :func:`validate`) from a run's ``cv_logits.npz``
+    (:func:`read_cv_run`), where they are stored as ``fold<k>_...``."""
+    return {key[len(f"fold{k}"):]: v for key, v in held_out.items() if key.startswith(f"fold{k}_")}
 
 
 def ranking_metrics(window_logits: np.ndarray, arrays: dict) -> dict:

@@ -50,7 +50,7 @@ def read_run(run: str, cv_only: bool = False) -> tuple[BirdNetLite | None, Metad
         raise EnsembleError(f"{run}: metrics.json has no cross-validation of its own")
     folds = []
     for k in range(cv["k"]):
-        arrays = {key[len(f"fold{k}"):]: v for key, v in held_out.items() if key.startswith(f"fold{k}_")}
+        arrays = crossval.fold_arrays(held_out, k)
         absent = [key for key in IDENTITY_KEYS + LOGIT_KEYS if key not in arrays]
         if absent:
             raise EnsembleError(f"{run}: cv_logits.npz lacks {', '.join(absent)} of fold {k + 1} (a run older "

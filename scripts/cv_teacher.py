@@ -49,7 +49,7 @@ def main():
         sys.exit(f"{a.run}: {int((mapping < 0).sum())} labels not among BirdNET's; the teacher cannot be scored on them")
     teacher, student = [], []
     for k in range(metrics["cross_validation"]["k"]):
-        arrays = {key[len(f"fold{k}"):]: v for key, v in z.items() if key.startswith(f"fold{k}_")}
+        arrays = crossval.fold_arrays(z, k)
         rec, start = arrays["_window_recording"], arrays["_window_start_s"]
         logits = np.zeros(arrays["_window_logits"].shape)  # BirdNET's logits of our labels, window by window
         for i, path in enumerate(arrays["_recording_files"]):

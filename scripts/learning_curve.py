@@ -12,32 +12,30 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections import Counter
 
 import numpy as np
 
 from birdsound import crossval
 from birdsound.dataset import read_dataset
-from birdsound.metrics import macro_ap, recording_scores, topk_accuracy
-from birdsound.teacher import sigmoid
 
 TARGETS = {"recording_top1": 0.75, "recording_top5": 0.92, "window_macro_ap": 0.55}
 
 
-def figures(arrays: dict, k: int, keep: np.ndarray | None = None) -> dict | None:
-    """Top-1, top-5 (top-quarter score) and window macro AP of fold `k`'s held-out recordings (`keep`: a mask
-    over them; None if it keeps none)."""
-    w, rec = arrays[f"fold{k}_window_logits"], arrays[f"fold{k}_window_recording"]
-    focal, targets = arrays[f"fold{k}_recording_focal"], arrays[f"fold{k}_recording_targets"]
-    keep = np.ones(len(focal), bool) if keep is None else keep
-    probs = sigmoid(w.astype(np.float64))
-    idx = np.flatnonzero(keep)
+def figures(arrays: dict, keep: np.ndarray | None = None) -> dict | None:
+    """Top-1, top-5 (top-quarter score) and window macro AP (:func:`birdsound.crossval.ranking_metrics`) of a
+    fold's held-out recordings (`arrays`, :func:`birdsound.crossval.fold_arrays`; `keep`: a mask over the
+    recordings; None if it keeps none)."""
+    rec = arrays["_window_recording"]
+    idx = np.flatnonzero(np.ones(len(arrays["_recording_focal"]), bool) if keep is None else keep)
     if not len(idx):
         return None
-    R = np.stack([recording_scores(probs[rec == i], "top25") for i in idx])
     on = np.isin(rec, idx)
-    ap, _ = macro_ap(targets[rec[on]].astype(np.float64), probs[on])
-    return {"recording_top1": topk_accuracy(focal[idx], R, 1), "recording_top5": topk_accuracy(focal[idx], R, 5),
-            "window_macro_ap": ap, "n_recordings": int(len(idx))}
+    kept = {"_window_recording": np.searchsorted(idx, rec[on]), "_recording_focal": arrays["_recording_focal"][idx],
+            "_recording_targets": arrays["_recording_targets"][idx]}
+    m = crossval.ranking_metrics(arrays["_window_logits"][on], kept)
+    return {"recording_top1": m["recording_top1_top25"], "recording_top5": m["recording_top5_top25"],
+            "window_macro_ap": m["window_macro_ap"], "n_recordings": int(len(idx))}
 
 
 def main() -> None:
@@ -45,27 +43,24 @@ def main() -> None:
     ap.add_argument("small", help="the run that learned from fewer recordings")
     ap.add_argument("full", help="the run that learned from all of them")
     args = ap.parse_args()
-    runs = {}
-    for name, run in (("small", args.small), ("full", args.full)):
-        metrics, arrays = crossval.read_cv_run(run)
-        runs[name] = (metrics, arrays)
-    m_small, a_small = runs["small"]
-    m_full, a_full = runs["full"]
+    m_small, z_small = crossval.read_cv_run(args.small)
+    z_full = crossval.read_cv_run(args.full)[1]
     cfg = m_small["config"]
+    share = cfg.get("train_share", 1.0)
     recs, _ = read_dataset(m_small["data"])
-    out = {"small": args.small, "full": args.full, "train_share": cfg.get("train_share", 1.0), "folds": []}
-    k_folds, share = m_small["cross_validation"]["k"], cfg.get("train_share", 1.0)
+    out = {"small": args.small, "full": args.full, "train_share": share, "folds": []}
+    k_folds = m_small["cross_validation"]["k"]
     for (k, tr, va), (_, thin, _) in zip(crossval.fold_splits(recs, k_folds, cfg["seed"]),
                                          crossval.fold_splits(recs, k_folds, cfg["seed"], share)):
-        files = list(a_small[f"fold{k}_recording_files"])
-        assert files == list(a_full[f"fold{k}_recording_files"]), "the runs held out other recordings"
-        n_tr = {sp: sum(r.labels[0] == sp for r in tr) for sp in {r.labels[0] for r in tr}}
-        n_thin = {sp: sum(r.labels[0] == sp for r in thin) for sp in n_tr}
+        a_small, a_full = crossval.fold_arrays(z_small, k), crossval.fold_arrays(z_full, k)
+        files = list(a_small["_recording_files"])
+        assert files == list(a_full["_recording_files"]), "the runs held out other recordings"
+        n_tr, n_thin = Counter(r.labels[0] for r in tr), Counter(r.labels[0] for r in thin)
         by_file = {r.path: r.labels[0] for r in va}
-        thinned = np.array([n_thin.get(by_file[f], 0) < n_tr.get(by_file[f], 0) for f in files])
+        thinned = np.array([n_thin[by_file[f]] < n_tr[by_file[f]] for f in files])
         row = {"training_recordings": [len(thin), len(tr)]}
         for part, mask in (("all", None), ("thinned_species", thinned), ("unthinned_species", ~thinned)):
-            row[part] = {"small": figures(a_small, k, mask), "full": figures(a_full, k, mask)}
+            row[part] = {"small": figures(a_small, mask), "full": figures(a_full, mask)}
         out["folds"].append(row)
     n_small = np.mean([f["training_recordings"][0] for f in out["folds"]])
     n_full = np.mean([f["training_recordings"][1] for f in out["folds"]])

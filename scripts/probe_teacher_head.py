@@ -75,7 +75,7 @@ def main() -> None:
         net, meta = load_checkpoint(os.path.join(a.run, f"fold{k + 1}.pt"))
         net.eval()
         held = set(meta.extra["cv_held_out_recordings"])
-        arrays = {key[len(f"fold{k}"):]: v for key, v in z.items() if key.startswith(f"fold{k}_")}
+        arrays = crossval.fold_arrays(z, k)
         train = [r for r in prep.recs if r.path not in held]
         Xs, Yt = [], []
         for r in train:
